@@ -1,0 +1,1 @@
+"""The preview-container agent: hydrate from a snapshot, then follow the project channel."""

@@ -1,0 +1,1 @@
+"""Work pools, job templates, dashboards and the serve entry point."""

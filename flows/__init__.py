@@ -1,0 +1,1 @@
+"""Prefect flows composing tasks, and the one catalogue of them all."""

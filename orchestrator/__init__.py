@@ -1,0 +1,1 @@
+"""The service and its entry points: the HTTP API and the `velocity` CLI."""

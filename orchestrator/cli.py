@@ -1,0 +1,156 @@
+"""The `velocity` command line: the embedded database, migrations and admin tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import psycopg
+import typer
+from rich.console import Console
+
+from velocity import accounts
+from velocity.cluster import ClusterError
+from velocity.db import Database, MigrationError, database_url, embedded_cluster, migrate
+from velocity.errors import VelocityError
+
+app = typer.Typer(help="Velocity file sync: PostgreSQL-backed project files, live in previews.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="The embedded PostgreSQL cluster under VELOCITY_HOME/pg.",
+                     no_args_is_help=True)
+admin_app = typer.Typer(help="Create users and projects.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="PostgreSQL URL; default VELOCITY_DATABASE_URL, "
+                 "else the embedded cluster."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def clear_errors(command: F) -> F:
+    """Turn known failures into one line on stderr and exit code 1, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (VelocityError, ClusterError, MigrationError) as error:
+            err.print(f"[red]error:[/red] {error}", highlight=False)
+        except psycopg.OperationalError as error:
+            err.print(f"[red]error:[/red] cannot reach the database: {error}".strip(),
+                      highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _url(option: str | None) -> str:
+    return option or database_url()
+
+
+def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        typer.echo(text)
+
+
+@db_app.command("start")
+@clear_errors
+def db_start() -> None:
+    """Create the cluster on first use and start it; print its URL."""
+    cluster = embedded_cluster()
+    cluster.start()
+    typer.echo(cluster.url())
+
+
+@db_app.command("stop")
+@clear_errors
+def db_stop() -> None:
+    """Stop the cluster (its data stays)."""
+    embedded_cluster().stop()
+    typer.echo("stopped")
+
+
+@db_app.command("url")
+@clear_errors
+def db_url() -> None:
+    """Print the database URL everything uses."""
+    typer.echo(database_url())
+
+
+@db_app.command("status")
+@clear_errors
+def db_status(as_json: JsonOption = False) -> None:
+    """Say whether the embedded cluster exists and runs (exit 1 when it does not run)."""
+    cluster = embedded_cluster()
+    state = cluster.state()
+    running = cluster.is_running()
+    data = {"running": running, "directory": str(cluster.root),
+            "port": state.port if state else None, "bin_dir": state.bin_dir if state else None}
+    _emit(as_json, data, f"{'running' if running else 'stopped'}: {cluster.root}"
+          + (f" on 127.0.0.1:{state.port}" if state and running else ""))
+    if not running:
+        raise typer.Exit(1)
+
+
+@app.command("demo")
+@clear_errors
+def demo(as_json: JsonOption = False) -> None:
+    """Run the main job end to end on the embedded stack and print its timings."""
+    from orchestrator.demo import print_report, run_demo
+
+    report = run_demo(err if as_json else Console())
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_json()) + "\n")
+    else:
+        print_report(Console(), report)
+    if report.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command("migrate")
+@clear_errors
+def migrate_command(database_url_option: DatabaseUrlOption = None) -> None:
+    """Apply sql/*.sql in name order, each once; refuse edited, already-applied files."""
+    applied = migrate(_url(database_url_option))
+    typer.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied
+                                                         else "; the database is up to date"))
+
+
+@admin_app.command("create-user")
+@clear_errors
+def create_user(email: str, database_url_option: DatabaseUrlOption = None,
+                as_json: JsonOption = False) -> None:
+    """Create a user (auth.users and a profile); print its id."""
+    with Database(_url(database_url_option), max_size=1) as db:
+        user_id = accounts.create_user(db, email)
+    _emit(as_json, {"user_id": str(user_id)}, str(user_id))
+
+
+@admin_app.command("create-project")
+@clear_errors
+def create_project(
+    name: str,
+    owner: Annotated[str, typer.Option("--owner", help="User id of the owner.")],
+    member: Annotated[list[str] | None, typer.Option(
+        "--member", help="USER_ID:ROLE with ROLE owner, editor or viewer; repeatable.")] = None,
+    template: Annotated[str | None, typer.Option(help="Template name recorded on the project.")]
+    = None,
+    database_url_option: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a project owned by --owner; print its id."""
+    members = [accounts.parse_member(spec) for spec in member or []]
+    with Database(_url(database_url_option), max_size=1) as db:
+        project_id = accounts.create_project(db, name, owner, members, template=template)
+    _emit(as_json, {"project_id": str(project_id)}, str(project_id))

@@ -1,0 +1,1 @@
+"""Prefect tasks: one retryable step each, testable through `.fn`."""

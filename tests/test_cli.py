@@ -1,0 +1,85 @@
+"""The `velocity` CLI as ops run it: a real subprocess, real cluster, real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+VELOCITY = [sys.executable, "-m", "orchestrator"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VELOCITY, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def home():
+    directory = Path(tempfile.mkdtemp(prefix="velocity-cli-"))
+    os.chmod(directory, 0o755)
+    env = {"VELOCITY_HOME": str(directory)}
+    env.pop("VELOCITY_DATABASE_URL", None)
+    yield env
+    run("db", "stop", env=env)
+
+
+def test_db_lifecycle_and_migrate(home):
+    assert run("db", "status", env=home).returncode == 1  # not created yet
+    started = run("db", "start", env=home)
+    assert started.returncode == 0, started.stderr
+    url = started.stdout.strip()
+    assert url.startswith("postgresql://postgres:") and "@127.0.0.1:" in url
+    assert run("db", "url", env=home).stdout.strip() == url
+    status = json.loads(run("db", "status", "--json", env=home).stdout)
+    assert status["running"] is True
+    first = run("migrate", env=home)
+    assert first.returncode == 0 and "0001_supabase_compat.sql" in first.stdout
+    assert "up to date" in run("migrate", env=home).stdout
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] > 5
+    assert run("db", "stop", env=home).returncode == 0
+    assert run("db", "status", env=home).returncode == 1
+    assert run("db", "start", env=home).stdout.strip().startswith("postgresql://")
+
+
+def test_admin_commands_print_ids(database_url):
+    user = run("admin", "create-user", "ops@example.test", "--database-url", database_url,
+               "--json")
+    assert user.returncode == 0, user.stderr
+    user_id = json.loads(user.stdout)["user_id"]
+    other = json.loads(run("admin", "create-user", "dev@example.test", "--database-url",
+                           database_url, "--json").stdout)["user_id"]
+    project = run("admin", "create-project", "Landing page", "--owner", user_id, "--member",
+                  f"{other}:viewer", "--database-url", database_url, "--json")
+    assert project.returncode == 0, project.stderr
+    project_id = json.loads(project.stdout)["project_id"]
+    with psycopg.connect(database_url) as conn:
+        members = dict(conn.execute("SELECT user_id::text, role FROM project_members"
+                                    " WHERE project_id = %s", (project_id,)).fetchall())
+    assert members == {user_id: "owner", other: "viewer"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["admin", "create-user", "not-an-email"], "not an email address"),
+    (["admin", "create-project", "p", "--owner", "00000000-0000-0000-0000-000000000000"],
+     "no such user"),
+    (["admin", "create-project", "p", "--owner", "00000000-0000-0000-0000-000000000000",
+      "--member", "x:boss"], "role must be one of owner, editor, viewer"),
+])
+def test_admin_bad_input_is_one_clear_line(database_url, args, message):
+    result = run(*args, "--database-url", database_url)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_database_is_reported_clearly():
+    result = run("migrate", "--database-url", "postgresql://nobody@127.0.0.1:1/none")
+    assert result.returncode == 1
+    assert "cannot reach the database" in result.stderr

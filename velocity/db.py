@@ -1,0 +1,183 @@
+"""The one database access path: where the database is, migrations, and acting as someone.
+
+Acting as a user is what PostgREST does per request: inside a transaction,
+`set_config('role', 'authenticated', true)` and the JWT claims in `request.jwt.claims`, so
+row-level security and `auth.uid()` apply for real. Acting as the service keeps the login role
+(trusted) with no claims.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from velocity.cluster import LocalCluster
+from velocity.errors import from_database_error
+from velocity.settings import Settings, get_settings
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Any constant works; it only has to be the same for every runner.
+MIGRATION_LOCK_KEY = 0x76656C6F63697479  # "velocity"
+
+
+class MigrationError(RuntimeError):
+    """A migration could not be applied, or an applied one was edited afterwards."""
+
+
+def embedded_cluster(settings: Settings | None = None) -> LocalCluster:
+    settings = settings or get_settings()
+    return LocalCluster(settings.home / "pg")
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """VELOCITY_DATABASE_URL, else the embedded cluster's URL (which must be started)."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    return embedded_cluster(settings).url()
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    text: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = SQL_DIR) -> list[Migration]:
+    return [Migration(path.name, path.read_text()) for path in sorted(directory.glob("*.sql"))]
+
+
+def migrate(url: str, directory: Path = SQL_DIR) -> list[str]:
+    """Apply every migration not yet applied, in name order; return the names applied.
+
+    Each file runs in its own transaction and is recorded with its checksum. A session-level
+    advisory lock makes concurrent runners safe: the second waits, then finds nothing to do.
+    """
+    migrations = load_migrations(directory)
+    applied_now: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
+                " filename text PRIMARY KEY, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            rows = conn.execute("SELECT filename, checksum FROM schema_migrations").fetchall()
+            recorded: dict[str, str] = dict(rows)
+            for migration in migrations:
+                if migration.name in recorded:
+                    if recorded[migration.name] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.name} was changed after it was applied "
+                            f"(recorded checksum {recorded[migration.name][:12]}, file "
+                            f"{migration.checksum[:12]}); add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    try:
+                        conn.execute(migration.text.encode())
+                    except psycopg.Error as error:
+                        raise MigrationError(
+                            f"migration {migration.name} failed: {error}") from error
+                    conn.execute(
+                        "INSERT INTO schema_migrations (filename, checksum) VALUES (%s, %s)",
+                        (migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied_now
+
+
+# -- acting as someone --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Whom a database call acts as: a user (RLS enforced) or the service (trusted)."""
+
+    user_id: UUID | None
+
+    @classmethod
+    def user(cls, user_id: UUID | str) -> Actor:
+        return cls(UUID(str(user_id)))
+
+    @classmethod
+    def service(cls) -> Actor:
+        return cls(None)
+
+    @property
+    def is_service(self) -> bool:
+        return self.user_id is None
+
+    def claims(self) -> dict[str, str]:
+        return {"sub": str(self.user_id), "role": "authenticated", "aud": "authenticated"}
+
+
+class Database:
+    """A connection pool and the one way to run work as an actor, in a transaction."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.url = url
+        self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True,
+                                   kwargs={"autocommit": False})
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self, actor: Actor | None = None) -> Iterator[psycopg.Connection]:
+        """A connection inside a transaction that acts as `actor` (the service when None)."""
+        with self.pool.connection() as conn:
+            with conn.transaction():
+                if actor is not None and not actor.is_service:
+                    conn.execute(
+                        "SELECT set_config('role', 'authenticated', true),"
+                        " set_config('request.jwt.claims', %s, true)",
+                        (json.dumps(actor.claims()),),
+                    )
+                yield conn
+
+    def call(self, actor: Actor, function: str, args: dict[str, object]) -> list[dict]:
+        """Call a SQL function with named arguments as `actor`; rows as dicts."""
+        query = sql.SQL("SELECT * FROM {}({})").format(
+            sql.Identifier(function),
+            sql.SQL(", ").join(
+                sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+                for name in args
+            ),
+        )
+        try:
+            with self.transaction(actor) as conn:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(query, args)
+                    return cur.fetchall()
+        except psycopg.Error as error:
+            typed = from_database_error(error)
+            if typed is None:
+                raise
+            raise typed from error

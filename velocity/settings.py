@@ -1,0 +1,99 @@
+"""The one settings object, read from VELOCITY_* environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration for every part of the platform except the container agent.
+
+    Every field has an embedded default, so an empty environment runs the whole stack on
+    one machine. Secrets left unset are generated once and kept in `{home}/secrets.json`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="VELOCITY_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".velocity"),
+        description="State directory of the embedded stack (PostgreSQL cluster, local store).",
+    )
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset means the embedded cluster."
+    )
+    storage: str = Field(
+        default="",
+        description="Object store: local:///path or s3://bucket?endpoint=...; "
+        "unset means a local directory under home.",
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Base URL of the API as containers reach it (signed download links).",
+    )
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 secret of Supabase-style user tokens."
+    )
+    token_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Container-token signing keys by kid, as JSON: {"k1": "secret", ...}.',
+    )
+    token_active_kid: str | None = Field(
+        default=None, description="The kid that signs new container tokens."
+    )
+    storage_signing_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret of the local store's signed URLs."
+    )
+    environment: str = Field(default="production", description="Feature-flag environment.")
+
+    @cached_property
+    def generated_secrets(self) -> dict[str, str]:
+        """Secrets generated on first use for the embedded stack, persisted with mode 0600."""
+        path = self.home / "secrets.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        values = {
+            "jwt_secret": secrets.token_urlsafe(32),
+            "token_key": secrets.token_urlsafe(32),
+            "storage_signing_secret": secrets.token_urlsafe(32),
+        }
+        self.home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(values, handle)
+        return values
+
+    def user_jwt_secret(self) -> str:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return self.generated_secrets["jwt_secret"]
+
+    def container_token_keys(self) -> tuple[str, dict[str, str]]:
+        """The active kid and every verification key by kid."""
+        if self.token_keys:
+            keys = {kid: key.get_secret_value() for kid, key in self.token_keys.items()}
+            active = self.token_active_kid or next(iter(keys))
+            if active not in keys:
+                raise ValueError(f"VELOCITY_TOKEN_ACTIVE_KID={active!r} names no key in "
+                                 "VELOCITY_TOKEN_KEYS")
+            return active, keys
+        return "embedded", {"embedded": self.generated_secrets["token_key"]}
+
+    def storage_secret(self) -> str:
+        if self.storage_signing_secret is not None:
+            return self.storage_signing_secret.get_secret_value()
+        return self.generated_secrets["storage_signing_secret"]
+
+    def storage_url(self) -> str:
+        return self.storage or f"local://{(self.home / 'storage').resolve()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
