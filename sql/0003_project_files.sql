@@ -10,7 +10,9 @@ CREATE TABLE public.project_files (
   id                 uuid PRIMARY KEY DEFAULT gen_random_uuid(),
   project_id         uuid NOT NULL REFERENCES public.projects (id) ON DELETE CASCADE,
   file_path          text COLLATE "C" NOT NULL,
-  file_type          text NOT NULL REFERENCES internal.file_types (name),
+  -- Checked against internal.file_types by the write functions (no foreign key: it would
+  -- cost a lookup per write for a check the only writers already made).
+  file_type          text NOT NULL,
   content            text,
   content_hash       text,
   size_bytes         bigint NOT NULL DEFAULT 0,

@@ -34,17 +34,24 @@ LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
 DECLARE
   v_seq bigint;
 BEGIN
-  UPDATE public.projects
-     SET last_event_seq = last_event_seq + 1,
-         last_file_seq = CASE WHEN p_type = 'snapshot:ready' THEN last_file_seq
-                              ELSE last_event_seq + 1 END
-   WHERE id = p_project
-  RETURNING last_event_seq INTO v_seq;
+  WITH advanced AS (
+    UPDATE public.projects
+       SET last_event_seq = last_event_seq + 1,
+           last_file_seq = CASE WHEN p_type = 'snapshot:ready' THEN last_file_seq
+                                ELSE last_event_seq + 1 END
+     WHERE id = p_project
+    RETURNING last_event_seq
+  )
   INSERT INTO public.file_events (project_id, seq, type, payload, actor)
-  VALUES (p_project, v_seq, p_type,
-          p_payload || jsonb_build_object('seq', v_seq, 'sender', p_actor,
-                                          'timestamp', to_jsonb(clock_timestamp())),
-          p_actor);
+  SELECT p_project, last_event_seq, p_type,
+         p_payload || jsonb_build_object('seq', last_event_seq, 'sender', p_actor,
+                                         'timestamp', to_jsonb(clock_timestamp())),
+         p_actor
+    FROM advanced
+  RETURNING seq INTO v_seq;
+  IF v_seq IS NULL THEN
+    RAISE EXCEPTION 'project % not found', p_project USING ERRCODE = 'P0002';
+  END IF;
   RETURN v_seq;
 END
 $$;
@@ -60,19 +67,23 @@ CREATE TRIGGER file_events_notify AFTER INSERT ON public.file_events
   FOR EACH ROW EXECUTE FUNCTION internal.notify_file_event();
 
 -- An event as consumers see it: the stored payload with each file's content joined back.
+-- plpgsql rather than SQL so its plans are cached across calls (it runs on the live path).
 CREATE FUNCTION internal.materialize_event(p_type text, p_payload jsonb) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
-  SELECT CASE p_type
-    WHEN 'file:update' THEN p_payload || jsonb_build_object('content',
-      (SELECT f.content FROM public.project_files f WHERE f.id = (p_payload ->> 'file_id')::uuid))
-    WHEN 'bulk:apply' THEN jsonb_set(p_payload, '{files}', (
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public AS $$
+BEGIN
+  IF p_type = 'file:update' THEN
+    RETURN p_payload || jsonb_build_object('content',
+      (SELECT f.content FROM public.project_files f WHERE f.id = (p_payload ->> 'file_id')::uuid));
+  ELSIF p_type = 'bulk:apply' THEN
+    RETURN jsonb_set(p_payload, '{files}', (
       SELECT coalesce(jsonb_agg(
                CASE WHEN item ->> 'action' = 'update'
                     THEN item || jsonb_build_object('content', f.content)
                     ELSE item END
                ORDER BY position), '[]'::jsonb)
         FROM jsonb_array_elements(p_payload -> 'files') WITH ORDINALITY AS items (item, position)
-        LEFT JOIN public.project_files f ON f.id = (item ->> 'file_id')::uuid))
-    ELSE p_payload
-  END
+        LEFT JOIN public.project_files f ON f.id = (item ->> 'file_id')::uuid));
+  END IF;
+  RETURN p_payload;
+END
 $$;

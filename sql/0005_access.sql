@@ -29,21 +29,21 @@ CREATE UNLOGGED TABLE internal.rate_limit_buckets (
 CREATE FUNCTION internal.take_rate_token(p_user uuid, p_project uuid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 DECLARE
-  v_burst double precision;
   v_rate double precision;
   v_tokens double precision;
   v_retry_ms integer;
 BEGIN
-  SELECT rate_limit_burst, rate_limit_per_second INTO v_burst, v_rate FROM internal.config;
   INSERT INTO internal.rate_limit_buckets AS b (user_id, project_id, tokens, refilled_at)
-  VALUES (p_user, p_project, v_burst - 1, clock_timestamp())
+  SELECT p_user, p_project, c.rate_limit_burst - 1, clock_timestamp() FROM internal.config c
   ON CONFLICT (user_id, project_id) DO UPDATE
-     SET tokens = least(v_burst,
-                        b.tokens + extract(epoch FROM clock_timestamp() - b.refilled_at) * v_rate)
-                  - 1,
+     SET tokens = (SELECT least(c.rate_limit_burst,
+                                b.tokens + extract(epoch FROM clock_timestamp() - b.refilled_at)
+                                           * c.rate_limit_per_second) - 1
+                     FROM internal.config c),
          refilled_at = clock_timestamp()
   RETURNING tokens INTO v_tokens;
   IF v_tokens < 0 THEN
+    SELECT rate_limit_per_second INTO v_rate FROM internal.config;
     v_retry_ms := ceil(-v_tokens / v_rate * 1000);
     RAISE EXCEPTION 'rate limit exceeded on project %: retry after % ms', p_project, v_retry_ms
       USING ERRCODE = '53V01',
@@ -80,8 +80,16 @@ BEGIN
   IF v_user IS NULL THEN
     RAISE EXCEPTION 'authentication required' USING ERRCODE = '28000';
   END IF;
-  SELECT role INTO v_member_role
-    FROM public.project_members WHERE project_id = p_project AND user_id = v_user;
+  IF p_access = 'write' THEN
+    -- Membership and the project row lock in one statement (this is the hot path).
+    SELECT m.role INTO v_member_role
+      FROM public.project_members m JOIN public.projects p ON p.id = m.project_id
+     WHERE m.project_id = p_project AND m.user_id = v_user
+       FOR NO KEY UPDATE OF p;
+  ELSE
+    SELECT role INTO v_member_role
+      FROM public.project_members WHERE project_id = p_project AND user_id = v_user;
+  END IF;
   IF v_member_role IS NULL THEN
     RAISE EXCEPTION 'permission denied: user % is not a member of project %', v_user, p_project
       USING ERRCODE = '42501';
@@ -91,7 +99,6 @@ BEGIN
       RAISE EXCEPTION 'permission denied: viewers cannot change files of project %', p_project
         USING ERRCODE = '42501';
     END IF;
-    PERFORM FROM public.projects WHERE id = p_project FOR NO KEY UPDATE;
     PERFORM internal.take_rate_token(v_user, p_project);
   END IF;
   RETURN ROW(v_user, v_user, false)::internal.caller;

@@ -36,39 +36,41 @@ END
 $$;
 
 -- A new path may not sit below a file ("a" then "a/b") nor above files ("a/b" then "a").
+-- One index range scan answers both: the ancestors are exact keys, the descendants the range
+-- between p_path || '/' and p_path || '0' ('0' is the character after '/').
 CREATE FUNCTION internal.check_no_file_directory_clash(p_project uuid, p_path text)
 RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public AS $$
 DECLARE
-  v_segments text[] := string_to_array(p_path, '/');
-  v_ancestors text[];
+  v_ancestors text[] := '{}';
+  v_slash integer := 0;
+  v_next integer;
   v_clash text;
 BEGIN
-  IF cardinality(v_segments) > 1 THEN
-    SELECT array_agg(array_to_string(v_segments[1:n], '/'))
-      INTO v_ancestors FROM generate_series(1, cardinality(v_segments) - 1) AS n;
-    SELECT file_path INTO v_clash FROM public.project_files
-     WHERE project_id = p_project AND is_current_version AND NOT is_deleted
-       AND file_path = ANY (v_ancestors)
-     LIMIT 1;
-    IF v_clash IS NOT NULL THEN
-      RAISE EXCEPTION 'cannot create %: % is a file, not a directory',
-        quote_literal(p_path), quote_literal(v_clash)
-        USING ERRCODE = '23V01',
-              DETAIL = jsonb_build_object('path', p_path, 'conflicting_path', v_clash)::text;
-    END IF;
-  END IF;
-  -- '0' is the character after '/', so this range is exactly the paths below p_path.
+  LOOP
+    v_next := strpos(substr(p_path, v_slash + 1), '/');
+    EXIT WHEN v_next = 0;
+    v_slash := v_slash + v_next;
+    v_ancestors := v_ancestors || left(p_path, v_slash - 1);
+  END LOOP;
   SELECT file_path INTO v_clash FROM public.project_files
    WHERE project_id = p_project AND is_current_version AND NOT is_deleted
-     AND file_path > p_path || '/' AND file_path < p_path || '0'
+     AND (file_path = ANY (v_ancestors)
+          OR (file_path > p_path || '/' AND file_path < p_path || '0'))
    LIMIT 1;
-  IF v_clash IS NOT NULL THEN
-    RAISE EXCEPTION 'cannot create %: it is a directory holding %',
+  IF v_clash IS NULL THEN
+    RETURN;
+  END IF;
+  IF starts_with(p_path, v_clash || '/') THEN
+    RAISE EXCEPTION 'cannot create %: % is a file, not a directory',
       quote_literal(p_path), quote_literal(v_clash)
       USING ERRCODE = '23V01',
             DETAIL = jsonb_build_object('path', p_path, 'conflicting_path', v_clash)::text;
   END IF;
+  RAISE EXCEPTION 'cannot create %: it is a directory holding %',
+    quote_literal(p_path), quote_literal(v_clash)
+    USING ERRCODE = '23V01',
+          DETAIL = jsonb_build_object('path', p_path, 'conflicting_path', v_clash)::text;
 END
 $$;
 
@@ -125,10 +127,11 @@ BEGIN
   IF v_current.id IS NULL OR v_current.is_deleted THEN
     PERFORM internal.check_no_file_directory_clash(p_project, p_path);
   END IF;
+  -- Two statements, not one with a data-modifying CTE: the CTE's UPDATE is not ordered
+  -- before the INSERT, and the one-current-row index would see two current rows.
   IF v_current.id IS NOT NULL THEN
     UPDATE public.project_files SET is_current_version = false WHERE id = v_current.id;
   END IF;
-
   INSERT INTO public.project_files (
     project_id, file_path, file_type, content, content_hash, size_bytes, storage_key,
     version, parent_version_id, created_by, last_modified_by)
@@ -177,16 +180,19 @@ END
 $$;
 
 -- How a changed file appears in an event payload (content is joined back by readers).
+-- Helpers on the write path are plpgsql, not SQL: a SQL function that cannot be inlined is
+-- planned again in every transaction, which costs more than the work it does.
 CREATE FUNCTION internal.event_item(p_file public.project_files) RETURNS jsonb
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
-  SELECT CASE WHEN p_file.is_deleted THEN
-    jsonb_build_object('action', 'delete', 'file_path', p_file.file_path,
-                       'version', p_file.version, 'file_id', p_file.id)
-  ELSE
-    jsonb_strip_nulls(jsonb_build_object(
-      'action', 'update', 'file_path', p_file.file_path, 'version', p_file.version,
-      'file_id', p_file.id, 'file_type', p_file.file_type,
-      'content_hash', p_file.content_hash, 'size', p_file.size_bytes,
-      'storage_key', p_file.storage_key))
-  END
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+  IF p_file.is_deleted THEN
+    RETURN jsonb_build_object('action', 'delete', 'file_path', p_file.file_path,
+                              'version', p_file.version, 'file_id', p_file.id);
+  END IF;
+  RETURN jsonb_strip_nulls(jsonb_build_object(
+    'action', 'update', 'file_path', p_file.file_path, 'version', p_file.version,
+    'file_id', p_file.id, 'file_type', p_file.file_type,
+    'content_hash', p_file.content_hash, 'size', p_file.size_bytes,
+    'storage_key', p_file.storage_key));
+END
 $$;

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from uuid import UUID
 
@@ -138,7 +139,7 @@ class Database:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10) -> None:
         self.url = url
         self.pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=True,
-                                   kwargs={"autocommit": False})
+                                   kwargs={"autocommit": True})
 
     def close(self) -> None:
         self.pool.close()
@@ -155,29 +156,46 @@ class Database:
         with self.pool.connection() as conn:
             with conn.transaction():
                 if actor is not None and not actor.is_service:
-                    conn.execute(
-                        "SELECT set_config('role', 'authenticated', true),"
-                        " set_config('request.jwt.claims', %s, true)",
-                        (json.dumps(actor.claims()),),
-                    )
+                    conn.execute(ACT_AS_USER, {"claims": json.dumps(actor.claims())})
                 yield conn
 
     def call(self, actor: Actor, function: str, args: dict[str, object]) -> list[dict]:
-        """Call a SQL function with named arguments as `actor`; rows as dicts."""
-        query = sql.SQL("SELECT * FROM {}({})").format(
-            sql.Identifier(function),
-            sql.SQL(", ").join(
-                sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
-                for name in args
-            ),
-        )
+        """Call a SQL function with named arguments as `actor`, in its own transaction.
+
+        One round trip: the claims and the call travel as one simple-protocol query, which
+        PostgreSQL runs as a single implicit transaction (so the claims are local to it).
+        Values are bound client-side by psycopg's ClientCursor, with proper quoting.
+        """
+        query = _call_query(function, tuple(args), as_user=not actor.is_service)
+        if not actor.is_service:
+            args = {"claims": json.dumps(actor.claims()), **args}
         try:
-            with self.transaction(actor) as conn:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(query, args)
-                    return cur.fetchall()
+            with self.pool.connection() as conn:
+                with psycopg.ClientCursor(conn, row_factory=dict_row) as cursor:
+                    cursor.execute(query, args)
+                    if not actor.is_service:
+                        cursor.nextset()
+                    return cursor.fetchall()
         except psycopg.Error as error:
             typed = from_database_error(error)
             if typed is None:
                 raise
             raise typed from error
+
+
+ACT_AS_USER = ("SELECT set_config('role', 'authenticated', true),"
+               " set_config('request.jwt.claims', %(claims)s, true)")
+
+
+@lru_cache(maxsize=256)
+def _call_query(function: str, names: tuple[str, ...], as_user: bool) -> str:
+    """The SQL text of a named-argument call, rendered once (composing it costs ~0.3 ms)."""
+    call = sql.SQL("SELECT * FROM {}({})").format(
+        sql.Identifier(function),
+        sql.SQL(", ").join(
+            sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+            for name in names
+        ),
+    )
+    text = call.as_string(None)
+    return f"{ACT_AS_USER}; {text}" if as_user else text

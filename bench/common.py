@@ -1,0 +1,62 @@
+"""What the benchmarks share: a database to measure on, percentiles, and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from velocity.cluster import LocalCluster
+from velocity.db import migrate
+
+
+@contextmanager
+def scratch_database(server_url: str | None = None) -> Iterator[str]:
+    """A fresh, migrated database: on `server_url`, or on a private durable cluster (the same
+    settings as `velocity db start`, fsync on) that is destroyed afterwards."""
+    cluster = None
+    if server_url is None:
+        root = Path(tempfile.mkdtemp(prefix="velocity-bench-pg-"))
+        os.chmod(root, 0o755)
+        cluster = LocalCluster(root)
+        cluster.start()
+        server_url = cluster.url("postgres")
+    name = f"bench_{os.getpid()}"
+    try:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        params = conninfo_to_dict(server_url)
+        params["dbname"] = name
+        url = make_conninfo(**params)
+        migrate(url)
+        yield url
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+def percentiles(samples: Sequence[float], cuts: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
+    if len(samples) < 2:
+        value = samples[0] if samples else 0.0
+        return {f"p{cut}": round(value, 3) for cut in cuts}
+    quantiles = statistics.quantiles(samples, n=100, method="inclusive")
+    return {f"p{cut}": round(quantiles[cut - 1], 3) for cut in cuts}
+
+
+def emit(figures: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(figures) + "\n")
+    else:
+        sys.stdout.write(json.dumps(figures, indent=2) + "\n")
