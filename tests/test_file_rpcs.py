@@ -39,7 +39,8 @@ def test_each_change_is_a_new_current_version(db, project, owner_files):
     assert second.parent_version_id == first.id
     assert second.content_hash == hashlib.sha256(b"two").hexdigest()
     assert second.file_type == "typescript"
-    assert second.created_by == owner and second.last_modified_by == owner
+    assert second.created_by == owner
+    assert second.last_modified_by == owner
     assert current_rows(db, project_id, "src/App.tsx") == [(2,)]
     history = owner_files.history(project_id, "src/App.tsx")
     assert [(row.version, row.is_current_version) for row in history] == [(2, True), (1, False)]
@@ -113,8 +114,8 @@ def test_tombstones_vanish_and_recreation_continues_the_versions(db, project, ow
 
     back = owner_files.upsert(project_id, "gone.txt", "back", expected_version=2)
     assert back.version == 3 and not back.is_deleted
-    assert [f.content for f in owner_files.list_current(project_id) if f.file_path == "gone.txt"] == [
-        "back"]
+    current = {f.file_path: f.content for f in owner_files.list_current(project_id)}
+    assert current["gone.txt"] == "back"
 
 
 def test_deleting_a_path_that_never_existed_is_not_found(db, project, owner_files):
