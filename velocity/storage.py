@@ -101,7 +101,7 @@ def validate_key(key: str) -> str:
         raise InvalidKey(key, "contains a control character")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
-            raise InvalidKey(key, f"has a {segment or 'empty'!r} segment")
+            raise InvalidKey(key, "has an empty, '.' or '..' segment")
         if segment.startswith(TEMP_MARKER):
             raise InvalidKey(key, "uses the store's temp-file prefix")
     return key

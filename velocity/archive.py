@@ -1,0 +1,203 @@
+"""Deterministic snapshot zips and their manifest: equal files give byte-identical zips."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o100644  # a regular file, rw-r--r--
+COMPRESS_LEVEL = 6
+UNIX = 3  # "version made by" host system: lets readers trust the mode bits
+
+
+class Writable(Protocol):
+    """Where a zip is written: a file, a pipe, a socket; it is never seeked."""
+
+    def write(self, data: bytes, /) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One file of a snapshot; `chunks` is called only when the file is written.
+
+    Keeping content behind a callable lets a caller describe ten thousand files without
+    holding any of them in memory.
+    """
+
+    path: str
+    size: int
+    chunks: Callable[[], Iterable[bytes]]
+
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> ArchiveEntry:
+        return cls(path, len(data), lambda: (data,))
+
+
+@dataclass(frozen=True)
+class ZipDigest:
+    """The identity of a written zip, as the manifest and the agent check it."""
+
+    sha256: str
+    size: int
+
+
+class _HashingSink:
+    """Hashes and counts every byte on its way out.
+
+    It offers `tell` but no `seek`, so zipfile writes each entry once, in order, with a data
+    descriptor after the data. The bytes are therefore the same whether `out` is a file or
+    a pipe, and the hash needs no second pass.
+    """
+
+    def __init__(self, out: Writable) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        flush = getattr(self._out, "flush", None)
+        if flush is not None:
+            flush()
+
+    def close(self) -> None:
+        """Leave `out` open: it belongs to the caller."""
+
+    def digest(self) -> ZipDigest:
+        return ZipDigest(self._hash.hexdigest(), self.size)
+
+
+def write_snapshot_zip(entries: Iterable[ArchiveEntry], out: Writable) -> ZipDigest:
+    """Write `entries` as a deterministic zip to `out`; returns its sha256 and size.
+
+    Entries are sorted by path (code-point order, which is also UTF-8 byte order and
+    PostgreSQL's `COLLATE "C"`), so the caller's order never changes the bytes. Every entry
+    has the same timestamp, mode, compression and level, and no variable extra fields.
+    Content is streamed, so memory is bounded by the list of entries, not their size.
+    The bytes are stable for a given zlib; another deflate implementation may differ.
+    """
+    ordered = _sorted_unique(entries)
+    sink = _HashingSink(out)
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for entry in ordered:
+            _write_entry(archive, entry)
+    return sink.digest()
+
+
+def _sorted_unique(entries: Iterable[ArchiveEntry]) -> list[ArchiveEntry]:
+    ordered = sorted(entries, key=lambda entry: entry.path)
+    for previous, entry in zip(ordered, ordered[1:], strict=False):
+        if previous.path == entry.path:
+            raise ValueError(f"duplicate path in snapshot: {entry.path!r}")
+    for entry in ordered:
+        check_entry_path(entry.path)
+        if entry.size < 0:
+            raise ValueError(f"negative size for {entry.path!r}")
+    return ordered
+
+
+def check_entry_path(path: str) -> None:
+    """Refuse to write a path that the agent would refuse to extract."""
+    if not path or path.startswith("/") or "\\" in path:
+        raise ValueError(f"snapshot path {path!r} must be relative, with forward slashes")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        raise ValueError(f"snapshot path {path!r} contains a control character")
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        raise ValueError(f"snapshot path {path!r} has an empty, '.' or '..' segment")
+
+
+def _zip_info(entry: ArchiveEntry) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(entry.path, date_time=FIXED_DATE_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    if sys.version_info >= (3, 13):
+        info.compress_level = COMPRESS_LEVEL
+    else:
+        info._compresslevel = COMPRESS_LEVEL  # type: ignore[attr-defined]
+    info.create_system = UNIX
+    info.external_attr = FILE_MODE << 16
+    # Declaring the size up front makes zipfile choose zip64 from the size alone.
+    info.file_size = entry.size
+    return info
+
+
+def _write_entry(archive: zipfile.ZipFile, entry: ArchiveEntry) -> None:
+    written = 0
+    with archive.open(_zip_info(entry), "w") as target:
+        for chunk in entry.chunks():
+            target.write(chunk)
+            written += len(chunk)
+    if written != entry.size:
+        raise ValueError(f"{entry.path!r}: declared {entry.size} bytes, content had {written}")
+
+
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class ManifestFile(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str = Field(pattern=_SHA256)
+    size: int = Field(ge=0)
+    version: int = Field(ge=1)
+
+
+class Manifest(BaseModel):
+    """What a snapshot contains, stored beside its zip; the agent checks the zip against it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project_id: UUID
+    snapshot_id: UUID
+    watermark: int = Field(ge=0, description="The project's event seq the files reflect.")
+    sha256: str = Field(pattern=_SHA256, description="Of the zip.")
+    size: int = Field(ge=0, description="Of the zip, in bytes.")
+    files: list[ManifestFile]
+
+    @field_validator("files")
+    @classmethod
+    def _sorted_by_path(cls, files: list[ManifestFile]) -> list[ManifestFile]:
+        """In zip order, so equal snapshots have equal manifests."""
+        paths = [file.path for file in files]
+        if any(a >= b for a, b in zip(paths, paths[1:], strict=False)):
+            raise ValueError("files must be sorted by path, without duplicates")
+        return files
+
+    @property
+    def zip_key(self) -> str:
+        return snapshot_zip_key(self.project_id, self.snapshot_id)
+
+    @property
+    def manifest_key(self) -> str:
+        return snapshot_manifest_key(self.project_id, self.snapshot_id)
+
+    def dump_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def load_json(cls, data: bytes | str) -> Manifest:
+        return cls.model_validate_json(data)
+
+
+def snapshot_zip_key(project_id: UUID, snapshot_id: UUID) -> str:
+    return f"project-snapshots/{project_id}/{snapshot_id}.zip"
+
+
+def snapshot_manifest_key(project_id: UUID, snapshot_id: UUID) -> str:
+    return f"project-snapshots/{project_id}/{snapshot_id}.json"
