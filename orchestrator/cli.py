@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
 import psycopg
 import typer
@@ -22,8 +23,11 @@ app = typer.Typer(help="Velocity file sync: PostgreSQL-backed project files, liv
 db_app = typer.Typer(help="The embedded PostgreSQL cluster under VELOCITY_HOME/pg.",
                      no_args_is_help=True)
 admin_app = typer.Typer(help="Create users and projects.", no_args_is_help=True)
+snapshot_app = typer.Typer(help="Project snapshots: deterministic zips with a watermark.",
+                           no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(snapshot_app, name="snapshot")
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,3 +158,31 @@ def create_project(
     with Database(_url(database_url_option), max_size=1) as db:
         project_id = accounts.create_project(db, name, owner, members, template=template)
     _emit(as_json, {"project_id": str(project_id)}, str(project_id))
+
+
+@snapshot_app.command("build")
+@clear_errors
+def snapshot_build(
+    project_id: str,
+    force: Annotated[bool, typer.Option(help="Build even if the last snapshot matches.")] = False,
+    ttl: Annotated[int, typer.Option(help="Lifetime of the signed URL, in seconds.", min=1,
+                                     max=7 * 24 * 3600)] = 900,
+    database_url_option: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Build (or reuse) a project's snapshot; print it with a signed download URL."""
+    from velocity.snapshots import build_snapshot
+    from velocity.storage import open_store
+
+    try:
+        project = UUID(project_id)
+    except ValueError:
+        raise VelocityError(f"not a project id: {project_id!r}") from None
+    store = open_store()
+    with Database(_url(database_url_option), max_size=2) as db:
+        result = build_snapshot(db, store, project, force=force)
+    data = {"snapshot_id": str(result.snapshot_id), "watermark": result.watermark,
+            "files": result.files, "bytes": result.bytes, "sha256": result.sha256,
+            "reused": result.reused, "url": store.signed_url(result.storage_key, ttl),
+            "seconds": round(result.seconds, 4)}
+    _emit(as_json, data, "\n".join(f"{key}: {value}" for key, value in data.items()))

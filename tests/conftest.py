@@ -99,3 +99,32 @@ def new_project(db: Database, new_user):
         return project, owner
 
     return make
+
+
+@pytest.fixture
+def configured(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point settings-driven code (tasks, flows, the CLI) at this module's database and a
+    fresh local store, as the VELOCITY_* environment does in production."""
+    from tasks import resources
+    from velocity.settings import get_settings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("VELOCITY_DATABASE_URL", database_url)
+    monkeypatch.setenv("VELOCITY_HOME", str(home))
+    monkeypatch.setenv("VELOCITY_STORAGE", f"local://{home / 'storage'}")
+    get_settings.cache_clear()
+    resources.database.cache_clear()
+    resources.object_store.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+    resources.object_store.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect server for the whole test session (starting one takes ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

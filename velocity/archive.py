@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -83,7 +83,8 @@ class _HashingSink:
         return ZipDigest(self._hash.hexdigest(), self.size)
 
 
-def write_snapshot_zip(entries: Iterable[ArchiveEntry], out: Writable) -> ZipDigest:
+def write_snapshot_zip(entries: Iterable[ArchiveEntry], out: Writable, *,
+                       presorted: bool = False) -> ZipDigest:
     """Write `entries` as a deterministic zip to `out`; returns its sha256 and size.
 
     Entries are sorted by path (code-point order, which is also UTF-8 byte order and
@@ -91,8 +92,11 @@ def write_snapshot_zip(entries: Iterable[ArchiveEntry], out: Writable) -> ZipDig
     has the same timestamp, mode, compression and level, and no variable extra fields.
     Content is streamed, so memory is bounded by the list of entries, not their size.
     The bytes are stable for a given zlib; another deflate implementation may differ.
+
+    With `presorted`, entries are consumed one at a time (a database cursor, say) and must
+    already be in strictly increasing path order; nothing is held, so memory stays flat.
     """
-    ordered = _sorted_unique(entries)
+    ordered = _checked_in_order(entries) if presorted else _sorted_unique(entries)
     sink = _HashingSink(out)
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for entry in ordered:
@@ -110,6 +114,18 @@ def _sorted_unique(entries: Iterable[ArchiveEntry]) -> list[ArchiveEntry]:
         if entry.size < 0:
             raise ValueError(f"negative size for {entry.path!r}")
     return ordered
+
+
+def _checked_in_order(entries: Iterable[ArchiveEntry]) -> Iterator[ArchiveEntry]:
+    previous: str | None = None
+    for entry in entries:
+        if previous is not None and entry.path <= previous:
+            raise ValueError(f"presorted entries out of order: {entry.path!r} after {previous!r}")
+        check_entry_path(entry.path)
+        if entry.size < 0:
+            raise ValueError(f"negative size for {entry.path!r}")
+        previous = entry.path
+        yield entry
 
 
 def check_entry_path(path: str) -> None:

@@ -1,0 +1,165 @@
+"""Snapshots: deterministic, reused when unchanged, exact at their watermark, round-trippable."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.archive import extract_snapshot
+from velocity.db import Actor
+from velocity.files import FileClient
+from velocity.snapshots import build_snapshot, load_manifest
+from velocity.storage import LocalStore
+
+FILES = {f"src/components/C{i}.tsx": f"export const C{i} = () => <b>{i}</b>;\n" * (i % 7 + 1)
+         for i in range(40)}
+FILES.update({"index.html": "<div id=root></div>", "ünï/文件.md": "# unicode", "empty.txt": ""})
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "store", "http://127.0.0.1:9", "test-secret")
+
+
+@pytest.fixture
+def service(db):
+    return FileClient(db, Actor.service())
+
+
+def zip_bytes(store: LocalStore, result) -> bytes:
+    return store.get(result.storage_key)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_equal_content_gives_byte_identical_zips_whatever_the_order(db, store, service,
+                                                                     new_project):
+    one, _ = new_project()
+    two, _ = new_project()
+    items = list(FILES.items())
+    service.bulk_upsert(one, [{"file_path": p, "content": c} for p, c in items])
+    random.Random(7).shuffle(items)
+    for path, content in items:  # other order, one write each, plus an edit reverted
+        service.upsert(two, path, content + "draft")
+        service.upsert(two, path, content)
+    first, second = build_snapshot(db, store, one), build_snapshot(db, store, two)
+    assert first.sha256 == second.sha256 and first.bytes == second.bytes
+    assert zip_bytes(store, first) == zip_bytes(store, second)
+    again = build_snapshot(db, store, one, force=True)
+    assert again.snapshot_id != first.snapshot_id and again.sha256 == first.sha256
+
+
+def test_an_unchanged_project_reuses_its_snapshot_and_uploads_nothing(db, store, service,
+                                                                       new_project):
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
+    first = build_snapshot(db, store, project_id)
+    objects = store.list("project-snapshots/")
+    reused = build_snapshot(db, store, project_id)
+    assert reused.reused and reused.snapshot_id == first.snapshot_id
+    assert reused.sha256 == first.sha256 and reused.watermark == first.watermark
+    assert store.list("project-snapshots/") == objects
+    service.upsert(project_id, "index.html", "<p>changed</p>")
+    changed = build_snapshot(db, store, project_id)
+    assert not changed.reused and changed.sha256 != first.sha256
+
+
+def test_build_extract_round_trip_is_byte_identical(db, store, service, new_project, tmp_path):
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
+    service.delete(project_id, "empty.txt")
+    result = build_snapshot(db, store, project_id)
+    target = tmp_path / "project"
+    extracted = extract_snapshot(store.path_of(result.storage_key), target, result.sha256)
+    expected = {f.file_path: f.content.encode() for f in service.list_current(project_id)}
+    assert tree(target) == expected and extracted.files == len(expected)
+    manifest = load_manifest(store, project_id, result.snapshot_id)
+    assert manifest.watermark == result.watermark and manifest.sha256 == result.sha256
+    assert [f.path for f in manifest.files] == sorted(expected)
+    assert all(f.sha256 == hashlib.sha256(expected[f.path]).hexdigest() for f in manifest.files)
+
+
+def test_binary_files_come_from_the_store(db, store, service, new_project, tmp_path):
+    project_id, _ = new_project()
+    blob = bytes(range(256)) * 4096  # 1 MiB, not valid UTF-8
+    store.put_bytes(f"project-files/{project_id}/logo.png", blob)
+    service.upsert_binary(project_id, "public/logo.png", f"project-files/{project_id}/logo.png",
+                          hashlib.sha256(blob).hexdigest(), len(blob), file_type="image")
+    service.upsert(project_id, "index.html", "<img src=/logo.png>")
+    result = build_snapshot(db, store, project_id)
+    target = tmp_path / "bin"
+    extract_snapshot(store.path_of(result.storage_key), target, result.sha256)
+    assert (target / "public/logo.png").read_bytes() == blob
+
+
+def test_a_snapshot_ready_event_follows_the_build(db, store, service, new_project):
+    project_id, _ = new_project()
+    service.upsert(project_id, "a.txt", "a")
+    result = build_snapshot(db, store, project_id)
+    (event,) = service.events_since(project_id, result.watermark)
+    assert event.type == "snapshot:ready" and event.seq == result.watermark + 1
+    assert event.payload["snapshot_id"] == str(result.snapshot_id)
+    assert event.payload["watermark"] == result.watermark
+    assert "url" not in event.payload  # signed URLs never enter the log
+    assert build_snapshot(db, store, project_id).reused  # the event is not a file change
+
+
+def test_the_watermark_is_exact_under_concurrent_writers(db, store, service, new_project,
+                                                         tmp_path):
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": f"f{i}.txt", "content": "0"}
+                                     for i in range(20)])
+    stop = threading.Event()
+
+    def write() -> None:
+        rng = random.Random(1)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            path = f"f{rng.randrange(25)}.txt"
+            if rng.random() < 0.15:
+                try:
+                    service.delete(project_id, path)
+                except Exception:  # noqa: BLE001 - deleting a missing path is fine here
+                    pass
+            else:
+                service.upsert(project_id, path, str(n))
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    try:
+        results = [build_snapshot(db, store, project_id, force=True) for _ in range(8)]
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(timeout=30)
+    events = service.events_since(project_id, 0, max_rows=10000)
+    assert len({r.watermark for r in results}) > 1, "writers should have advanced the seq"
+    for index, result in enumerate(results):
+        state: dict[str, bytes] = {}
+        for event in events:
+            if event.seq > result.watermark:
+                break
+            items = event.payload["files"] if event.type == "bulk:apply" else [event.payload]
+            for item in items if event.type != "snapshot:ready" else []:
+                if item.get("action") == "delete" or event.type == "file:delete":
+                    state.pop(item["file_path"], None)
+                else:
+                    state[item["file_path"]] = item["content"].encode()
+        target = tmp_path / f"w{index}"
+        extract_snapshot(store.path_of(result.storage_key), target, result.sha256)
+        assert tree(target) == state, f"snapshot {index} at watermark {result.watermark}"
+
+
+def test_unknown_project_is_not_found(db, store):
+    from velocity.errors import NotFound
+
+    with pytest.raises(NotFound):
+        build_snapshot(db, store, "00000000-0000-0000-0000-000000000000")
