@@ -122,6 +122,35 @@ def demo(as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command("serve")
+@clear_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+) -> None:
+    """Run the service: the realtime gateway, signed downloads and the HTTP API.
+
+    With no VELOCITY_DATABASE_URL, the embedded PostgreSQL is started and migrated first.
+    VELOCITY_PUBLIC_URL defaults to http://HOST:PORT.
+    """
+    import uvicorn
+
+    from orchestrator.app import create_app
+    from velocity.settings import get_settings
+
+    settings = get_settings()
+    if "public_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+    if not settings.database_url:
+        embedded_cluster(settings).start()
+    migrate(database_url(settings))
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                ws_max_size=1024 * 1024, ws_ping_interval=None,
+                # Deflate is per connection: it would compress each frame once per subscriber
+                # and undo encode-once fan-out. Phoenix heartbeats replace websocket pings.
+                ws_per_message_deflate=False)
+
+
 @app.command("migrate")
 @clear_errors
 def migrate_command(database_url_option: DatabaseUrlOption = None) -> None:

@@ -50,7 +50,19 @@ class Settings(BaseSettings):
     storage_signing_secret: SecretStr | None = Field(
         default=None, description="HMAC secret of the local store's signed URLs."
     )
-    environment: str = Field(default="production", description="Feature-flag environment.")
+    realtime_max_frame_bytes: int = Field(
+        default=1024 * 1024, ge=4096,
+        description="Largest websocket frame the gateway sends; larger events go in parts.")
+    realtime_max_event_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=4096,
+        description="Largest event the gateway sends at all; past it, clients re-hydrate.")
+    realtime_send_queue: int = Field(
+        default=2000, ge=16,
+        description="Frames queued per connection before a slow consumer is disconnected.")
+    realtime_idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A socket silent this long (no heartbeat) is closed.")
+    snapshot_url_ttl_seconds: int = Field(
+        default=900, ge=30, description="Lifetime of signed snapshot and binary-file URLs.")
 
     @cached_property
     def generated_secrets(self) -> dict[str, str]:
@@ -89,6 +101,12 @@ class Settings(BaseSettings):
         if self.storage_signing_secret is not None:
             return self.storage_signing_secret.get_secret_value()
         return self.generated_secrets["storage_signing_secret"]
+
+    def realtime_url(self) -> str:
+        """The gateway's websocket URL as containers reach it."""
+        base = self.public_url.rstrip("/")
+        scheme, _, rest = base.partition("://")
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/realtime/v1/websocket"
 
     def storage_url(self) -> str:
         return self.storage or f"local://{(self.home / 'storage').resolve()}"

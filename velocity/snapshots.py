@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from urllib.parse import urlencode
 from uuid import UUID
 
 import psycopg
@@ -96,6 +97,14 @@ def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
         storage_key=manifest.zip_key, manifest_key=manifest.manifest_key,
         seconds=time.perf_counter() - started,
     )
+
+
+def snapshot_url(store: ObjectStore, snapshot: SnapshotResult, ttl_seconds: int) -> str:
+    """The signed URL a container downloads, with the manifest's facts in its fragment
+    (`#sha256=…&watermark=…&snapshot_id=…`): a fragment never reaches the server."""
+    fragment = urlencode({"sha256": snapshot.sha256, "watermark": snapshot.watermark,
+                          "snapshot_id": str(snapshot.snapshot_id)})
+    return f"{store.signed_url(snapshot.storage_key, ttl_seconds)}#{fragment}"
 
 
 def load_manifest(store: ObjectStore, project_id: UUID | str, snapshot_id: UUID | str) -> Manifest:

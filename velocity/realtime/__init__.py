@@ -1,0 +1,1 @@
+"""The realtime gateway: Supabase-Realtime-compatible websocket fan-out of file events."""
