@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644  # a regular file, rw-r--r--
-COMPRESS_LEVEL = 6
+# Level 1: a 10,000-file, 100 MB project zips in 3.4 s instead of 5.4 s at level 6, for a
+# zip 17% larger (measured with bench.snapshot on the 2-core development machine).
+COMPRESS_LEVEL = 1
 UNIX = 3  # "version made by" host system: lets readers trust the mode bits
 
 

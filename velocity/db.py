@@ -81,6 +81,9 @@ def migrate(url: str, directory: Path = SQL_DIR) -> list[str]:
                 " filename text PRIMARY KEY, checksum text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
+            # Supabase grants new public tables to anon and authenticated; with RLS on and no
+            # policy, only the migrating role (its owner) can read or change this table.
+            conn.execute("ALTER TABLE public.schema_migrations ENABLE ROW LEVEL SECURITY")
             rows = conn.execute("SELECT filename, checksum FROM schema_migrations").fetchall()
             recorded: dict[str, str] = dict(rows)
             for migration in migrations:

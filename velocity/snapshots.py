@@ -70,10 +70,13 @@ def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
     with db.pool.connection() as conn, conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         seqs = _project_seqs(conn, project_id)
-        if not force:
-            reused = _reusable_snapshot(conn, project_id, seqs.file_seq)
-            if reused is not None:
-                return reused.model_copy(update={"seconds": time.perf_counter() - started})
+        reused = None if force else _reusable_snapshot(conn, project_id, seqs.file_seq)
+    if reused is not None:
+        _mark_used(db, reused.snapshot_id)
+        return reused.model_copy(update={"seconds": time.perf_counter() - started})
+    with db.pool.connection() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        seqs = _project_seqs(conn, project_id)
         snapshot_id = uuid.uuid4()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
             listed: list[ManifestFile] = []
@@ -112,6 +115,13 @@ def load_manifest(store: ObjectStore, project_id: UUID | str, snapshot_id: UUID 
     return Manifest.load_json(store.get(key))
 
 
+def _mark_used(db: Database, snapshot_id: UUID) -> None:
+    """Reuse keeps a snapshot alive: cleanup ages snapshots by last_used_at."""
+    with db.transaction() as conn:
+        conn.execute("UPDATE project_snapshots SET last_used_at = now() WHERE id = %s",
+                     (snapshot_id,))
+
+
 def _project_seqs(conn: psycopg.Connection, project_id: UUID) -> _ProjectSeqs:
     row = conn.execute("SELECT last_event_seq, last_file_seq FROM projects WHERE id = %s",
                        (project_id,)).fetchone()
@@ -143,14 +153,14 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
     with conn.cursor(name=f"snapshot_{uuid.uuid4().hex}") as cursor:
         cursor.itersize = CURSOR_BATCH_ROWS
         cursor.execute(
-            "SELECT file_path, convert_to(content, 'UTF8'), content_hash, size_bytes,"
+            "SELECT file_path, content, content_hash, size_bytes,"
             " storage_key, version FROM project_files"
             " WHERE project_id = %s AND is_current_version AND NOT is_deleted"
             " ORDER BY file_path", (project_id,))
         for path, content, sha256, size, storage_key, version in cursor:
             listed.append(ManifestFile(path=path, sha256=sha256, size=size, version=version))
             if storage_key is None:
-                yield ArchiveEntry.from_bytes(path, bytes(content))
+                yield ArchiveEntry.from_bytes(path, content.encode())
             else:
                 yield ArchiveEntry(path, size, partial(_object_chunks, store, storage_key))
 
