@@ -7,7 +7,6 @@ import errno
 import glob
 import hashlib
 import os
-import re
 import shutil
 import stat
 import sys
@@ -21,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agent.paths import UnsafePath, split_relative_path
+
 MAX_FILES = 100_000
 MAX_BYTES = 2 * 1024**3
 MAX_RATIO = 200.0
@@ -28,7 +29,6 @@ MAX_RATIO = 200.0
 # compresses absurdly well and harms no one, and max_bytes bounds many of them together.
 RATIO_FLOOR_BYTES = 1024 * 1024
 CHUNK_SIZE = 1024 * 1024
-MAX_NAME_BYTES = 255
 STAGING_MARK = ".staging-"
 ASIDE_MARK = ".old-"
 
@@ -153,26 +153,15 @@ def _plan(infos: list[zipfile.ZipInfo], limits: _Limits) -> list[_Member]:
 
 
 def _entry_parts(info: zipfile.ZipInfo) -> tuple[str, ...]:
-    """The entry's path segments, if it names a plain relative location."""
+    """The entry's path segments, if it names a plain relative location (see paths.py)."""
     name = info.filename
     if "\x00" in info.orig_filename or not name:
         raise ArchiveRejected(info.orig_filename, "invalid_path", "empty or contains NUL")
-    if "\\" in name:
-        raise ArchiveRejected(name, "backslash")
-    if name.startswith("/"):
-        raise ArchiveRejected(name, "absolute_path")
-    if re.match(r"[A-Za-z]:", name):
-        raise ArchiveRejected(name, "drive_letter")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
-        raise ArchiveRejected(name, "invalid_path", "contains a control character")
-    parts = tuple(name.removesuffix("/").split("/"))
-    if ".." in parts:
-        raise ArchiveRejected(name, "parent_segment")
-    if any(part in ("", ".") for part in parts):
-        raise ArchiveRejected(name, "invalid_path", "empty or '.' segment")
-    if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
-        raise ArchiveRejected(name, "invalid_path", f"a segment exceeds {MAX_NAME_BYTES} bytes")
-    return parts
+    relative = name[:-1] if name.endswith("/") and len(name) > 1 else name
+    try:
+        return split_relative_path(relative)
+    except UnsafePath as error:
+        raise ArchiveRejected(name, error.reason, error.detail) from None
 
 
 def _is_directory(info: zipfile.ZipInfo) -> bool:

@@ -1,0 +1,5 @@
+"""`python -m agent`: the container's entry point."""
+
+from agent.main import main
+
+raise SystemExit(main())
