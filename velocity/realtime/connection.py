@@ -31,6 +31,7 @@ log = logging.getLogger("velocity.realtime")
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_IDLE = 4000
+CLOSE_INTERNAL_ERROR = 1011
 STATUS_FIELDS = ("ready", "applied_seq", "lag_ms", "dev_server", "error", "hydrations")
 
 
@@ -73,6 +74,9 @@ class Connection:
         self.send_message(Message(subscription.topic, "phx_close", {}, None,
                                   subscription.join_ref))
         self._drop(subscription)
+
+    def abort(self, reason: str) -> None:
+        self._close_soon(CLOSE_INTERNAL_ERROR, reason)
 
     # -- running -------------------------------------------------------------------------------
     async def run(self) -> None:

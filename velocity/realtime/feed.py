@@ -66,7 +66,7 @@ class EncodedEvent:
                 "meta": self._meta()}), vsn)
 
 
-def with_download_urls(payload: dict[str, Any], store: ObjectStore,
+def with_download_urls(event_type: str, payload: dict[str, Any], store: ObjectStore,
                        ttl_seconds: int) -> dict[str, Any]:
     """Binary files travel as a signed URL to their bytes, never as a storage key."""
 
@@ -78,9 +78,11 @@ def with_download_urls(payload: dict[str, Any], store: ObjectStore,
         item["download_url"] = store.signed_url(key, ttl_seconds)
         return item
 
-    if "files" in payload:
+    if event_type == "bulk:apply":
         return {**payload, "files": [sign(item) for item in payload["files"]]}
-    return sign(payload)
+    if event_type == "file:update":
+        return sign(payload)
+    return payload
 
 
 class RecentEvents:

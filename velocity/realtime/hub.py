@@ -50,6 +50,8 @@ class Outbox(Protocol):
 
     def end_subscription(self, subscription: Subscription, code: str, message: str) -> None: ...
 
+    def abort(self, reason: str) -> None: ...
+
 
 @dataclass(eq=False)
 class Subscription:
@@ -212,10 +214,11 @@ class Hub:
         except EventsPruned:
             self._tell_resync(subscription, "events_pruned",
                               feed.head_seq if feed and feed.head_seq is not None else 0)
-        except (psycopg.Error, OSError) as error:
-            log.warning("catch-up of project %s failed (%s); the client will resume by seq",
-                        subscription.project_id, error)
+        except Exception:  # noqa: BLE001 - never leave a subscription silently stalled
+            log.exception("catch-up of project %s failed; closing the socket so the client "
+                          "resumes by seq", subscription.project_id)
             subscription.catching_up = False
+            subscription.outbox.abort("internal error")
 
     def _tell_resync(self, subscription: Subscription, reason: str, head_seq: int) -> None:
         subscription.suspended = True
@@ -257,6 +260,9 @@ class Hub:
         except (psycopg.Error, OSError, EventsPruned) as error:
             log.warning("reading events of project %s failed: %s", feed.project_id, error)
             self._spawn(self._retry_fetch(feed))
+        except Exception:  # noqa: BLE001 - a bug must not stop a project's feed for good
+            log.exception("fanning out events of project %s failed", feed.project_id)
+            self._spawn(self._retry_fetch(feed))
         finally:
             feed.fetching = False
             if not feed.subscriptions and self.feeds.get(feed.project_id) is feed:
@@ -282,7 +288,7 @@ class Hub:
             raise
         ttl = self.settings.snapshot_url_ttl_seconds
         return [EncodedEvent(project_id, row["seq"], row["type"],
-                             with_download_urls(row["payload"], self.store, ttl),
+                             with_download_urls(row["type"], row["payload"], self.store, ttl),
                              self.settings.realtime_max_frame_bytes,
                              self.settings.realtime_max_event_bytes)
                 for row in rows]
