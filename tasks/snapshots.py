@@ -7,7 +7,7 @@ from uuid import UUID
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.resources import database, object_store
+from tasks.resources import database, entry_cache, object_store
 from tasks.retries import RETRY_TRANSIENT
 from velocity.snapshots import SnapshotResult, build_snapshot
 
@@ -20,7 +20,8 @@ def build_project_snapshot(project_id: UUID, force: bool = False) -> SnapshotRes
 
     Returns the snapshot's id, watermark, sha256, size, storage keys and whether it was reused.
     """
-    result = build_snapshot(database(), object_store(), project_id, force=force)
+    result = build_snapshot(database(), object_store(), project_id, force=force,
+                            cache=entry_cache())
     get_run_logger().info(
         "snapshot %s of project_id=%s: %d files, %d bytes, watermark %d%s",
         result.snapshot_id, project_id, result.files, result.bytes, result.watermark,

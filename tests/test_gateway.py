@@ -396,3 +396,25 @@ async def test_the_real_supabase_realtime_client_receives_a_file_update(db, sett
     assert payload["payload"]["content"] == "<h1>from the database</h1>"
     assert payload["payload"]["seq"] == 1  # realtime-py keeps only the meta keys it knows
     await client.close()
+
+
+async def test_a_silent_socket_is_closed_at_the_heartbeat_timeout(database_url, tmp_path):
+    with gateway(database_url, tmp_path, realtime_idle_timeout_seconds=1) as (settings, running):
+        silent = await websockets.connect(running.ws_url + "?vsn=1.0.0")
+        chatty = await PhoenixClient.connect(running.ws_url)
+        closed = None
+        deadline = time.monotonic() + 10
+        while closed is None and time.monotonic() < deadline:
+            ref = await chatty.send("phoenix", "heartbeat", {})  # keeps this one alive
+            assert (await chatty.reply_to(ref))["status"] == "ok"
+            try:
+                await asyncio.wait_for(silent.recv(), 0.3)
+            except TimeoutError:
+                continue
+            except websockets.ConnectionClosed as error:
+                closed = error
+        assert closed is not None and closed.rcvd is not None
+        assert (closed.rcvd.code, closed.rcvd.reason) == (4000, "heartbeat timeout")
+        ref = await chatty.send("phoenix", "heartbeat", {})
+        assert (await chatty.reply_to(ref))["status"] == "ok"
+        await chatty.close()

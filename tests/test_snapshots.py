@@ -163,3 +163,38 @@ def test_unknown_project_is_not_found(db, store):
 
     with pytest.raises(NotFound):
         build_snapshot(db, store, "00000000-0000-0000-0000-000000000000")
+
+
+def test_the_entry_cache_never_changes_the_bytes(db, store, service, new_project, tmp_path):
+    from velocity.snapshots import EntryCache
+
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
+    cache = EntryCache(tmp_path / "cache", max_bytes=10**9)
+    plain = build_snapshot(db, store, project_id, force=True)
+    cold = build_snapshot(db, store, project_id, force=True, cache=cache)
+    warm = build_snapshot(db, store, project_id, force=True, cache=cache)
+    assert plain.sha256 == cold.sha256 == warm.sha256
+    cached = list((cache.root).rglob("*"))
+    assert len([p for p in cached if p.is_file()]) == len(set(FILES.values()))
+
+    service.upsert(project_id, "index.html", "<main>edited</main>")
+    edited_plain = build_snapshot(db, store, project_id, force=True)
+    edited_cached = build_snapshot(db, store, project_id, force=True, cache=cache)
+    assert edited_plain.sha256 == edited_cached.sha256 != plain.sha256
+    target = tmp_path / "out"
+    extract_snapshot(store.path_of(edited_cached.storage_key), target, edited_cached.sha256)
+    assert (target / "index.html").read_text() == "<main>edited</main>"
+
+
+def test_the_entry_cache_keeps_to_its_size(db, store, service, new_project, tmp_path):
+    from velocity.snapshots import EntryCache
+
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": f"f{i}.txt", "content": f"{i}" * 5000}
+                                     for i in range(40)])
+    cache = EntryCache(tmp_path / "cache", max_bytes=2000)
+    result = build_snapshot(db, store, project_id, force=True, cache=cache)
+    size = sum(p.stat().st_size for p in cache.root.rglob("*") if p.is_file())
+    assert size <= 2000
+    assert build_snapshot(db, store, project_id, force=True, cache=cache).sha256 == result.sha256

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Every secret the embedded stack generates when its setting is unset. Only ever append: a
+# name added later is generated into an existing secrets.json without touching the others.
+GENERATED_SECRET_NAMES = ("jwt_secret", "token_key", "storage_signing_secret", "service_key",
+                          "webhook_secret")
 
 
 class Settings(BaseSettings):
@@ -61,24 +68,46 @@ class Settings(BaseSettings):
         description="Frames queued per connection before a slow consumer is disconnected.")
     realtime_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A socket silent this long (no heartbeat) is closed.")
+    snapshot_cache_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=0,
+        description="Disk for compressed snapshot entries (under home), reused across builds.")
     snapshot_url_ttl_seconds: int = Field(
         default=900, ge=30, description="Lifetime of signed snapshot and binary-file URLs.")
+    service_key: SecretStr | None = Field(
+        default=None, description="Key that lets trusted callers use the HTTP API as the "
+        "service (the `apikey` header or a Bearer token equal to it).")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 secret that signs webhook deliveries.")
+    workflow_runner: Literal["local", "deployment"] = Field(
+        default="local", description="How the API starts flows: `local` runs them in the API "
+        "process; `deployment` submits them to their deployments for workers to pick up.")
+    default_runtime: str = Field(
+        default="process", description="Runtime of a preview session that names none.")
 
     @cached_property
     def generated_secrets(self) -> dict[str, str]:
-        """Secrets generated on first use for the embedded stack, persisted with mode 0600."""
+        """Secrets generated on first use for the embedded stack, persisted with mode 0600.
+
+        A secret already on disk is never changed. Missing ones are added under an exclusive
+        lock and the file is replaced atomically, so processes starting together agree.
+        """
         path = self.home / "secrets.json"
         if path.exists():
-            return dict(json.loads(path.read_text()))
-        values = {
-            "jwt_secret": secrets.token_urlsafe(32),
-            "token_key": secrets.token_urlsafe(32),
-            "storage_signing_secret": secrets.token_urlsafe(32),
-        }
+            values = dict(json.loads(path.read_text()))
+            if all(name in values for name in GENERATED_SECRET_NAMES):
+                return values
         self.home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(values, handle)
+        with open(self.home / "secrets.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            values = dict(json.loads(path.read_text())) if path.exists() else {}
+            missing = [name for name in GENERATED_SECRET_NAMES if name not in values]
+            if missing:
+                values.update({name: secrets.token_urlsafe(32) for name in missing})
+                staged = path.with_name(f".secrets.{os.getpid()}.tmp")
+                fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(values, handle)
+                os.replace(staged, path)
         return values
 
     def user_jwt_secret(self) -> str:
@@ -101,6 +130,16 @@ class Settings(BaseSettings):
         if self.storage_signing_secret is not None:
             return self.storage_signing_secret.get_secret_value()
         return self.generated_secrets["storage_signing_secret"]
+
+    def api_service_key(self) -> str:
+        if self.service_key is not None:
+            return self.service_key.get_secret_value()
+        return self.generated_secrets["service_key"]
+
+    def webhook_signing_secret(self) -> str:
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        return self.generated_secrets["webhook_secret"]
 
     def realtime_url(self) -> str:
         """The gateway's websocket URL as containers reach it."""

@@ -10,12 +10,17 @@ snapshot, that one is returned and nothing is built or uploaded.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import struct
 import tempfile
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -23,14 +28,19 @@ import psycopg
 from pydantic import BaseModel
 
 from velocity.archive import (
+    COMPRESS_LEVEL,
+    WHOLE_ENTRY_LIMIT,
     ArchiveEntry,
+    Deflated,
     Manifest,
     ManifestFile,
+    deflate,
     snapshot_manifest_key,
     write_snapshot_zip,
 )
 from velocity.db import Database
 from velocity.errors import NotFound
+from velocity.settings import Settings
 from velocity.storage import ObjectStore
 
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
@@ -60,10 +70,12 @@ class _ProjectSeqs:
 
 
 def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
-                   force: bool = False) -> SnapshotResult:
+                   force: bool = False, cache: EntryCache | None = None) -> SnapshotResult:
     """Build (or reuse) the snapshot of a project's current files.
 
     `force` builds a new zip even if the last one matches, e.g. when its object was lost.
+    With a `cache`, files whose compressed bytes it holds are neither read nor compressed
+    again: a rebuild after a few edits costs a metadata scan and the changed files.
     """
     started = time.perf_counter()
     project_id = UUID(str(project_id))
@@ -80,13 +92,15 @@ def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
         snapshot_id = uuid.uuid4()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
             listed: list[ManifestFile] = []
-            entries = _current_file_entries(conn, store, project_id, listed)
+            entries = _current_file_entries(conn, store, project_id, listed, cache)
             digest = write_snapshot_zip(entries, spool, presorted=True)
             spool.seek(0)
             manifest = Manifest(project_id=project_id, snapshot_id=snapshot_id,
                                 watermark=seqs.watermark, sha256=digest.sha256,
                                 size=digest.size, files=listed)
             store.put(manifest.zip_key, spool, content_type="application/zip")  # type: ignore[arg-type]
+    if cache is not None:
+        cache.trim()
     store.put_bytes(manifest.manifest_key, manifest.dump_json(), content_type="application/json")
     with db.transaction() as conn:
         conn.execute(
@@ -145,24 +159,119 @@ def _reusable_snapshot(conn: psycopg.Connection, project_id: UUID,
 
 
 def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_id: UUID,
-                          listed: list[ManifestFile]) -> Iterator[ArchiveEntry]:
-    """Archive entries straight from a server-side cursor, in path (byte) order.
+                          listed: list[ManifestFile],
+                          cache: EntryCache | None) -> Iterator[ArchiveEntry]:
+    """Archive entries in path (byte) order, reading content only for cache misses.
 
-    Each entry's content is only the current row's; `listed` collects the manifest lines.
+    The metadata of every current file is read first (small: no content); then the content
+    of the text files the cache lacks streams from a server-side cursor in the same order,
+    in the same REPEATABLE READ transaction. `listed` collects the manifest lines.
     """
+    rows = conn.execute(
+        "SELECT id, file_path, content_hash, size_bytes, storage_key, version FROM project_files"
+        " WHERE project_id = %s AND is_current_version AND NOT is_deleted ORDER BY file_path",
+        (project_id,)).fetchall()
+    missing = [row[0] for row in rows
+               if row[4] is None and (cache is None or not cache.holds(row[2]))]
     with conn.cursor(name=f"snapshot_{uuid.uuid4().hex}") as cursor:
         cursor.itersize = CURSOR_BATCH_ROWS
-        cursor.execute(
-            "SELECT file_path, content, content_hash, size_bytes,"
-            " storage_key, version FROM project_files"
-            " WHERE project_id = %s AND is_current_version AND NOT is_deleted"
-            " ORDER BY file_path", (project_id,))
-        for path, content, sha256, size, storage_key, version in cursor:
+        cursor.execute("SELECT id, content FROM project_files WHERE id = ANY(%s)"
+                       " ORDER BY file_path", (missing,))
+        contents = iter(cursor)
+        wanted = set(missing)
+        for file_id, path, sha256, size, storage_key, version in rows:
             listed.append(ManifestFile(path=path, sha256=sha256, size=size, version=version))
-            if storage_key is None:
-                yield ArchiveEntry.from_bytes(path, content.encode())
+            if storage_key is not None:
+                yield _cached(ArchiveEntry(path, size, partial(_object_chunks, store, storage_key)),
+                              sha256, cache)
+            elif file_id in wanted:
+                found_id, content = next(contents)
+                assert found_id == file_id, "content rows out of step with metadata"
+                yield _cached(ArchiveEntry.from_bytes(path, content.encode()), sha256, cache)
             else:
-                yield ArchiveEntry(path, size, partial(_object_chunks, store, storage_key))
+                yield ArchiveEntry(path, size, partial(_content_of, conn, file_id),
+                                   deflated=partial(_assert_cached, cache, sha256))
+
+
+def _cached(entry: ArchiveEntry, sha256: str, cache: EntryCache | None) -> ArchiveEntry:
+    """An entry whose deflate stream is taken from, or else added to, the cache."""
+    if cache is None or entry.size > WHOLE_ENTRY_LIMIT:
+        return entry
+
+    def deflated() -> Deflated:
+        found = cache.get(sha256)
+        if found is None:
+            found = deflate(entry.chunks())
+            cache.put(sha256, found)
+        return found
+
+    return replace(entry, deflated=deflated)
+
+
+def _assert_cached(cache: EntryCache | None, sha256: str) -> Deflated | None:
+    # None (the entry then reads its content) if the cache lost it since holds() said yes.
+    return cache.get(sha256) if cache is not None else None
+
+
+def _content_of(conn: psycopg.Connection, file_id: UUID) -> Iterator[bytes]:
+    (content,) = conn.execute("SELECT content FROM project_files WHERE id = %s",
+                              (file_id,)).fetchone()  # type: ignore[misc]
+    yield content.encode()
+
+
+class EntryCache:
+    """Compressed snapshot entries on local disk, keyed by the content's sha256.
+
+    Entries are content-addressed, so a hit is always right; the directory name carries the
+    zlib version and level, so a cached stream equals a fresh one. Oldest files go first
+    when the cache outgrows `max_bytes`.
+    """
+
+    _HEADER = struct.Struct("<IQ")  # crc32, uncompressed size
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root / f"zlib-{zlib.ZLIB_RUNTIME_VERSION}-level-{COMPRESS_LEVEL}"
+        self.max_bytes = max_bytes
+
+    def _path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def holds(self, sha256: str) -> bool:
+        return self._path(sha256).exists()
+
+    def get(self, sha256: str) -> Deflated | None:
+        try:
+            raw = self._path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        crc, size = self._HEADER.unpack_from(raw)
+        return Deflated(crc, size, raw[self._HEADER.size:])
+
+    def put(self, sha256: str, deflated: Deflated) -> None:
+        path = self._path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        temporary.write_bytes(self._HEADER.pack(deflated.crc, deflated.size) + deflated.data)
+        os.replace(temporary, path)
+
+    def trim(self) -> None:
+        if not self.root.exists():
+            return
+        files = [entry for shard in os.scandir(self.root) if shard.is_dir()
+                 for entry in os.scandir(shard.path) if entry.is_file()]
+        total = sum(entry.stat().st_size for entry in files)
+        if total <= self.max_bytes:
+            return
+        for entry in sorted(files, key=lambda e: e.stat().st_mtime):
+            if total <= self.max_bytes * 0.8:
+                break
+            total -= entry.stat().st_size
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def open_entry_cache(settings: Settings) -> EntryCache:
+    return EntryCache(settings.home / "snapshot-cache", settings.snapshot_cache_bytes)
 
 
 def _object_chunks(store: ObjectStore, key: str) -> Iterator[bytes]:

@@ -89,12 +89,14 @@ class Hub:
         self.database_url = database_url
         self.store = store
         self.snapshot_builder = snapshot_builder
+        # No per-checkout health query: it would cost a round trip on every fetch. A dead
+        # connection fails its query, is discarded by the pool, and the fetch is retried.
         self.pool = AsyncConnectionPool(database_url, min_size=1, max_size=8, open=False,
-                                        kwargs={"autocommit": True},
-                                        check=AsyncConnectionPool.check_connection)
+                                        kwargs={"autocommit": True})
         self.feeds: dict[UUID, ProjectFeed] = {}
         self.by_session: dict[UUID, set[Subscription]] = {}
         self._statuses: dict[UUID, dict[str, Any]] = {}
+        self._ready_sessions: set[UUID] = set()
         self._flag_cache: dict[UUID, tuple[float, bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -166,6 +168,7 @@ class Hub:
                 sessions.discard(subscription)
                 if not sessions:
                     del self.by_session[subscription.principal.subject]
+                    self._ready_sessions.discard(subscription.principal.subject)
 
     def subscribers(self, project_id: UUID) -> set[Subscription]:
         feed = self.feeds.get(project_id)
@@ -346,7 +349,13 @@ class Hub:
                                                      "the session was stopped")
 
     def record_status(self, session_id: UUID, status: dict[str, Any]) -> None:
+        """Batched into one UPDATE a second; an agent's first `ready` is written at once,
+        since provisioning waits on it and a session's start time includes the wait."""
+        first_ready = bool(status.get("ready")) and session_id not in self._ready_sessions
         self._statuses[session_id] = status
+        if first_ready:
+            self._ready_sessions.add(session_id)
+            self._spawn(self._flush_statuses())
 
     async def _flush_statuses_forever(self) -> None:
         while True:
