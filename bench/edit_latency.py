@@ -14,11 +14,11 @@ projects of 10 and of 10,000 files (the cost per edit must not depend on project
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -74,62 +74,97 @@ class Phase:
             time.sleep(0.05)  # polling for hydration, with a deadline
 
     def measure(self, rate: float, seconds: float) -> dict[str, Any]:
-        pending: dict[Path, float] = {}
-        samples: list[tuple[float, float]] = []  # (seconds into the phase, latency ms)
-        lock = threading.Lock()
-        by_directory = {(p.project_dir / EDITED_FILE).parent: p for p in self.previews}
-        name = Path(EDITED_FILE).name
-        started = time.monotonic()
-
-        def landed(directory: Path, filename: str, at: float) -> None:
-            if filename != name:
-                return
-            with lock:
-                sent = pending.pop(directory, None)
-            if sent is not None:
-                samples.append((sent - started, (at - sent) * 1000))
-
-        watcher = Watcher(landed)
-        for directory in by_directory:
-            watcher.watch(directory)
-        done = threading.Event()
-        thread = threading.Thread(target=watcher.run_until, args=(done.is_set,), daemon=True)
-        thread.start()
-
+        directories = [(p.project_dir / EDITED_FILE).parent for p in self.previews]
+        watcher = WatcherProcess(directories, Path(EDITED_FILE).name)
+        commits: list[tuple[int, float]] = []  # (directory index, when the RPC returned)
         interval = 1.0 / (rate * len(self.previews))
-        edits = 0
-        lost = 0
-        next_at = time.monotonic()
+        started = next_at = time.monotonic()
         while time.monotonic() - started < seconds:
-            preview = self.previews[edits % len(self.previews)]
-            directory = (preview.project_dir / EDITED_FILE).parent
-            with lock:
-                if directory in pending:
-                    lost += 1  # the previous edit of this project has not landed yet
-            self.files.upsert(preview.project_id, EDITED_FILE, f"edit {edits} {uuid.uuid4()}")
-            with lock:
-                pending[directory] = time.monotonic()
-            edits += 1
+            index = len(commits) % len(self.previews)
+            preview = self.previews[index]
+            self.files.upsert(preview.project_id, EDITED_FILE,
+                              f"edit {len(commits)} {uuid.uuid4()}")
+            commits.append((index, time.monotonic()))
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # pacing the edit stream
-        drain_until = time.monotonic() + 5
-        while pending and time.monotonic() < drain_until:
-            time.sleep(0.01)  # letting the last edits land, with a deadline
-        done.set()
-        thread.join(timeout=5)
-        watcher.close()
-        latencies = [latency for _, latency in samples]
-        thirds = [[lat for at, lat in samples if k * seconds / 3 <= at < (k + 1) * seconds / 3]
-                  for k in range(3)]
-        return {"edits": edits, "landed": len(samples), "not_landed": len(pending) + lost,
-                "latency_ms": percentiles(latencies),
-                "latency_ms_by_third": [percentiles(t) for t in thirds if t]}
+        landings = watcher.stop(settle_seconds=3)
+        return {**_match(commits, landings, started, seconds),
+                "final_state_mismatches": self._final_state_mismatches()}
+
+    def _final_state_mismatches(self) -> int:
+        """Agents whose file differs from the database's current content: lost events."""
+        mismatches = 0
+        for preview in self.previews:
+            current = {f.file_path: f.content for f in self.files.list_current(preview.project_id)}
+            on_disk = (preview.project_dir / EDITED_FILE).read_text()
+            mismatches += on_disk != current[EDITED_FILE]
+        return mismatches
 
     def stop(self) -> None:
         for preview in self.previews:
             self.stack["runtime"].stop(preview.container.container_id, timeout=5, remove=True)
+
+
+class WatcherProcess:
+    """inotify in its own process, so no thread of ours delays a timestamp (one GIL each)."""
+
+    def __init__(self, directories: list[Path], name: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._parent, child = context.Pipe()
+        self._process = context.Process(target=_watch, args=(directories, name, child),
+                                        daemon=True)
+        self._process.start()
+        self._parent.recv()  # the watches are in place
+
+    def stop(self, settle_seconds: float) -> list[tuple[int, float]]:
+        time.sleep(settle_seconds)  # let the last edits land before collecting
+        self._parent.send("stop")
+        landings: list[tuple[int, float]] = self._parent.recv()
+        self._process.join(timeout=10)
+        return landings
+
+
+def _watch(directories: list[Path], name: str, pipe: Any) -> None:
+    index = {directory: n for n, directory in enumerate(directories)}
+    landings: list[tuple[int, float]] = []
+    watcher = Watcher(lambda directory, filename, at: landings.append((index[directory], at))
+                      if filename == name else None)
+    for directory in directories:
+        watcher.watch(directory)
+    pipe.send("ready")
+    watcher.run_until(pipe.poll)
+    pipe.send(landings)
+
+
+def _match(commits: list[tuple[int, float]], landings: list[tuple[int, float]],
+           started: float, seconds: float) -> dict[str, Any]:
+    """Each commit's latency is the first landing in its directory after it, provided that
+    comes before the next commit to that directory (edits there are 1/rate apart)."""
+    by_directory: dict[int, list[float]] = {}
+    for directory, at in landings:
+        by_directory.setdefault(directory, []).append(at)
+    next_commit: dict[int, float] = {}
+    samples: list[tuple[float, float]] = []
+    unmatched = 0
+    for directory, at in reversed(commits):
+        limit = next_commit.get(directory, float("inf"))
+        landed = [t for t in by_directory.get(directory, []) if at <= t < limit]
+        if landed:
+            samples.append((at - started, (min(landed) - at) * 1000))
+        else:
+            unmatched += 1
+        next_commit[directory] = at
+    latencies = [latency for _, latency in samples]
+    thirds = [[lat for at, lat in samples if k * seconds / 3 <= at < (k + 1) * seconds / 3]
+              for k in range(3)]
+    return {"edits": len(commits), "landed": len(samples),
+            # Edits with no landing seen before the next edit of the same file (late or
+            # skipped writes); final_state_mismatches says whether anything was lost.
+            "not_landed": unmatched,
+            "latency_ms": percentiles(latencies),
+            "latency_ms_by_third": [percentiles(t) for t in thirds if t]}
 
 
 def main() -> None:
