@@ -193,7 +193,7 @@ class Agent:
             )
         except HYDRATION_ERRORS as error:
             self.log.warning("snapshot %s unusable: %s", ref.snapshot_id, error)
-            self.status.update(error=f"hydration: {error}")
+            self._fail(f"hydration: {error}")
             return False
         self._hydrated = True
         self.sequencer.reset(ref.watermark)
@@ -241,7 +241,7 @@ class Agent:
         except InvalidSnapshotRef as error:
             problem = f"bad velocity:snapshot reply: {error}"
         self.log.warning("%s", problem)
-        self.status.update(error=problem)
+        self._fail(problem)
         return None
 
     # --- dev server and status ---------------------------------------------------------------
@@ -282,6 +282,12 @@ class Agent:
             self.log.info("ready" if ready else "not ready")
             self._reporting = self._reporting or ready
             self._status_changed.set()
+
+    def _fail(self, message: str) -> None:
+        """Record an error and report it now: provisioning reacts to it (e.g. rebuilds a
+        snapshot the agent could not use) and should not wait for the periodic report."""
+        self.status.update(error=message)
+        self._status_changed.set()
 
     async def _report_status(self) -> None:
         """Push velocity:status on each change and every status_interval, once ready (or
@@ -336,7 +342,7 @@ class Agent:
                 return self._session_over(over.reason)
             except HydrationFailed as failure:
                 self.log.error("giving up: no usable snapshot (%s)", failure)
-                self.status.update(error=f"hydration failed: {failure}")
+                self._fail(f"hydration failed: {failure}")
                 return EXIT_FAILED
             except ChannelLost as lost:
                 self.log.info(
@@ -401,7 +407,7 @@ class Agent:
             outcome = await self._writer.apply(ready.kind, ready.payload)
         except ApplyFailed as failure:
             self.log.error("%s seq=%d not applied: %s", ready.kind, ready.seq, failure)
-            self.status.update(error=f"apply: {failure}")
+            self._fail(f"apply: {failure}")
             await self._rehydrate(connection, f"seq {ready.seq} could not be applied")
             return
         self.sequencer.applied(ready.seq)

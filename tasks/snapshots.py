@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from uuid import UUID
 
 from prefect import task
@@ -15,13 +16,15 @@ SNAPSHOT_URL_TTL_SECONDS = 900
 
 
 @task(name="build-snapshot", timeout_seconds=300, **RETRY_TRANSIENT)
-def build_project_snapshot(project_id: UUID, force: bool = False) -> SnapshotResult:
+async def build_project_snapshot(project_id: UUID, force: bool = False) -> SnapshotResult:
     """Build the project's snapshot, or return the last one if no file changed.
 
     Returns the snapshot's id, watermark, sha256, size, storage keys and whether it was reused.
+    Async (the work runs in a thread): a sync task called from an async flow costs ~100 ms
+    of Prefect overhead, an async one ~14 ms.
     """
-    result = build_snapshot(database(), object_store(), project_id, force=force,
-                            cache=entry_cache())
+    result = await asyncio.to_thread(build_snapshot, database(), object_store(), project_id,
+                                     force=force, cache=entry_cache())
     get_run_logger().info(
         "snapshot %s of project_id=%s: %d files, %d bytes, watermark %d%s",
         result.snapshot_id, project_id, result.files, result.bytes, result.watermark,
@@ -30,6 +33,6 @@ def build_project_snapshot(project_id: UUID, force: bool = False) -> SnapshotRes
 
 
 @task(name="sign-snapshot-url", timeout_seconds=30, **RETRY_TRANSIENT)
-def sign_snapshot_url(storage_key: str, ttl_seconds: int = SNAPSHOT_URL_TTL_SECONDS) -> str:
+async def sign_snapshot_url(storage_key: str, ttl_seconds: int = SNAPSHOT_URL_TTL_SECONDS) -> str:
     """A short-lived signed GET URL for the snapshot zip."""
-    return object_store().signed_url(storage_key, ttl_seconds)
+    return await asyncio.to_thread(object_store().signed_url, storage_key, ttl_seconds)

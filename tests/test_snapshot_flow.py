@@ -30,19 +30,19 @@ def project(db, new_project):
     return project_id
 
 
-def test_tasks_run_through_fn(configured, project):
+async def test_tasks_run_through_fn(configured, project):
     with disable_run_logger():
-        built = build_project_snapshot.fn(project)
-        url = sign_snapshot_url.fn(built.storage_key, 60)
+        built = await build_project_snapshot.fn(project)
+        url = await sign_snapshot_url.fn(built.storage_key, 60)
     store = open_store()
     assert isinstance(store, LocalStore) and store.exists(built.storage_key)
     assert built.files == 2 and not built.reused
     assert url.startswith(configured.public_url) and "signature=" in url
 
 
-def test_the_flow_runs_on_a_prefect_server(prefect_server, configured, project):
-    first = build_snapshot_flow(project)
-    second = build_snapshot_flow(project)
+async def test_the_flow_runs_on_a_prefect_server(prefect_server, configured, project):
+    first = await build_snapshot_flow(project)
+    second = await build_snapshot_flow(project)
     assert second.reused and second.snapshot_id == first.snapshot_id
 
 
