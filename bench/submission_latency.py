@@ -9,7 +9,8 @@ that does nothing is started `--runs` times through each adapter of orchestrator
 
 For each: the submit call's latency (what an API request pays), and the start latency, from
 the submit call to the run's `start_time` as Prefect recorded it (what a user waits before
-the first step of, say, provision-session). Times in milliseconds.
+the first step of, say, provision-session). Each run finishes before the next is submitted,
+so runs never compete with a submission. Times in milliseconds.
 
     python -m bench.submission_latency --json [--runs 20] [--worker-runs 5] [--poll 10]
 """
@@ -45,15 +46,17 @@ def noop() -> None:
     """Does nothing: everything measured is the orchestration around it."""
 
 
-async def _started_at(flow_run_id: UUID, timeout: float) -> datetime:
+async def _finished(flow_run_id: UUID, timeout: float) -> datetime:
+    """When the run started, once it has finished (so runs never overlap the next submit)."""
     deadline = time.monotonic() + timeout
     async with get_client() as client:
         while True:
             run = await client.read_flow_run(flow_run_id)
-            if run.start_time is not None:
+            if run.state is not None and run.state.is_final():
+                assert run.start_time is not None, run.state
                 return run.start_time
             if time.monotonic() > deadline:
-                raise TimeoutError(f"flow run {flow_run_id} did not start in {timeout}s")
+                raise TimeoutError(f"flow run {flow_run_id} did not finish in {timeout}s")
             await asyncio.sleep(0.05)  # polling Prefect's record: a measurement, not a sync
 
 
@@ -65,7 +68,7 @@ async def _measure(runner: Any, runs: int, timeout: float) -> dict[str, Any]:
         began = time.perf_counter()
         flow_run_id = await runner.submit(NOOP, {})
         submit_ms.append((time.perf_counter() - began) * 1000)
-        started = await _started_at(flow_run_id, timeout)
+        started = await _finished(flow_run_id, timeout)
         start_ms.append((started.timestamp() - wall) * 1000)
     return {"runs": runs, "submit_ms": percentiles(submit_ms),
             "submit_ms_mean": round(sum(submit_ms) / runs, 2),
@@ -86,7 +89,7 @@ async def _deployment(runs: int, poll: float) -> dict[str, Any]:
         await client.create_work_pool(WorkPoolCreate(name=POOL, type="process"),
                                       overwrite=True)
     deployment = await noop.ato_deployment(name=NOOP.name, work_pool_name=POOL)
-    await deployment.apply()
+    await deployment.aapply()
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
            "PREFECT_WORKER_QUERY_SECONDS": str(poll)}
     worker = subprocess.Popen(
@@ -95,7 +98,7 @@ async def _deployment(runs: int, poll: float) -> dict[str, Any]:
         stderr=subprocess.DEVNULL)
     runner = DeploymentRunner()
     try:
-        await _started_at(await runner.submit(NOOP, {}), timeout=120)  # worker is up
+        await _finished(await runner.submit(NOOP, {}), timeout=120)  # the worker is up
         return {"poll_seconds": poll, **await _measure(runner, runs, timeout=poll * 3 + 60)}
     finally:
         await runner.aclose()

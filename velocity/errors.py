@@ -129,6 +129,15 @@ _BY_SQLSTATE: dict[str, type[VelocityError]] = {
 }
 
 
+def sqlstate_of(kind: type[VelocityError]) -> str | None:
+    """The contract's SQLSTATE for an error type (the first listed), e.g. for errors raised
+    before the database that an edge must still report PostgREST-style."""
+    for sqlstate, mapped in _BY_SQLSTATE.items():
+        if mapped is kind:
+            return sqlstate
+    return None
+
+
 def from_database_error(error: psycopg.Error) -> VelocityError | None:
     """The typed error for a database error of the contract, or None if it is not one."""
     sqlstate = error.sqlstate or ""
