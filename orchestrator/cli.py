@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -122,6 +124,53 @@ def demo(as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command("up")
+@clear_errors
+def up(
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.", min=1, max=65535)] = 8000,
+    serve_flows: Annotated[bool, typer.Option(
+        help="Also serve every flow's deployment (the cleanup schedule).")] = True,
+) -> None:
+    """Run the whole stack on this machine until Ctrl-C: PostgreSQL, migrations, a Prefect
+    server on that PostgreSQL, the API with the realtime gateway, and flow serving."""
+    import uvicorn
+
+    from orchestrator.stack import EmbeddedStack, settings_for_address
+
+    settings = settings_for_address(host, port)
+    stack = EmbeddedStack(settings)
+    console = Console()
+    try:
+        with console.status("starting PostgreSQL and applying migrations"):
+            stack.start_database()
+        with console.status("starting the Prefect server on PostgreSQL"):
+            prefect = stack.start_prefect()
+        if serve_flows:
+            stack.start_flow_serving()
+        from orchestrator.app import create_app  # after PREFECT_API_URL is set: see stack.py
+
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings), host=host, port=port, log_level="warning",
+            ws_max_size=1024 * 1024, ws_ping_interval=None, ws_per_message_deflate=False))
+
+        def announce_when_listening() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.05)  # waiting for uvicorn to bind, to print only true URLs
+            if server.started:
+                console.print(f"API and docs     http://{host}:{port}/docs")
+                console.print(f"Realtime gateway {settings.realtime_url()}")
+                console.print(f"Prefect UI       {prefect.ui_url}")
+                console.print(f"Metrics          http://{host}:{port}/metrics")
+                console.print("Press Ctrl-C to stop everything.")
+
+        threading.Thread(target=announce_when_listening, daemon=True).start()
+        server.run()
+    finally:
+        with console.status("stopping"):
+            stack.stop()
+
+
 @app.command("serve")
 @clear_errors
 def serve(
@@ -135,12 +184,11 @@ def serve(
     """
     import uvicorn
 
-    from orchestrator.app import create_app
-    from velocity.settings import get_settings
+    from orchestrator.stack import settings_for_address
 
-    settings = get_settings()
-    if "public_url" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"public_url": f"http://{host}:{port}"})
+    settings = settings_for_address(host, port)
+    from orchestrator.app import create_app
+
     if not settings.database_url:
         embedded_cluster(settings).start()
     migrate(database_url(settings))
