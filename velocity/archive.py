@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 import zipfile
 import zlib
@@ -157,13 +158,18 @@ def _checked_in_order(entries: Iterable[ArchiveEntry]) -> Iterator[ArchiveEntry]
         yield entry
 
 
+# Compiled once: this runs for every file of every snapshot.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_EMPTY_OR_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.{0,2})(?:/|$)")
+
+
 def check_entry_path(path: str) -> None:
     """Refuse to write a path that the agent would refuse to extract."""
     if not path or path.startswith("/") or "\\" in path:
         raise ValueError(f"snapshot path {path!r} must be relative, with forward slashes")
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+    if _CONTROL_CHARACTER.search(path):
         raise ValueError(f"snapshot path {path!r} contains a control character")
-    if any(segment in ("", ".", "..") for segment in path.split("/")):
+    if _EMPTY_OR_DOT_SEGMENT.search(path):
         raise ValueError(f"snapshot path {path!r} has an empty, '.' or '..' segment")
 
 

@@ -231,24 +231,28 @@ class EntryCache:
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root / f"zlib-{zlib.ZLIB_RUNTIME_VERSION}-level-{COMPRESS_LEVEL}"
+        self._root = os.fspath(self.root)
         self.max_bytes = max_bytes
 
-    def _path(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256
+    def _path(self, sha256: str) -> str:
+        # Plain strings: a rebuild looks up every file twice, and pathlib objects cost more
+        # than the lookups themselves (profiled on a 10,000-file project).
+        return os.path.join(self._root, sha256[:2], sha256)
 
     def holds(self, sha256: str) -> bool:
-        return self._path(sha256).exists()
+        return os.path.exists(self._path(sha256))
 
     def get(self, sha256: str) -> Deflated | None:
         try:
-            raw = self._path(sha256).read_bytes()
+            with open(self._path(sha256), "rb") as handle:
+                raw = handle.read()
         except FileNotFoundError:
             return None
         crc, size = self._HEADER.unpack_from(raw)
         return Deflated(crc, size, raw[self._HEADER.size:])
 
     def put(self, sha256: str, deflated: Deflated) -> None:
-        path = self._path(sha256)
+        path = Path(self._path(sha256))
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         temporary.write_bytes(self._HEADER.pack(deflated.crc, deflated.size) + deflated.data)
