@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +91,3 @@ def wait_until_in_sync(db: Database, preview: Preview, timeout: float = 20) -> N
         disk, database = disk_tree(preview.project_dir), database_tree(db, preview.project_id)
         differing = sorted(p for p in set(disk) | set(database) if disk.get(p) != database.get(p))
         raise AssertionError(f"paths that differ: {differing[:20]}") from None
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

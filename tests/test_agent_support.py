@@ -33,19 +33,6 @@ async def wait_until(
         await asyncio.sleep(0.01)
 
 
-def wait_until_sync(
-    condition: Callable[[], T], timeout: float = 10.0, message: str = "condition"
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.01)
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -149,9 +149,9 @@ def _alg_none(user_id) -> str:
 async def test_every_token_failure_is_refused_with_its_reason(db, settings, ws_url,
                                                               new_project, new_user):
     project_id, owner = new_project()
-    other_project, other_owner = new_project()
+    other_project, _ = new_project()
     stranger = new_user("stranger")
-    session_id, container_token = start_session(db, settings, project_id, owner)
+    _, container_token = start_session(db, settings, project_id, owner)
     expired = mint_user_token(owner, 60, settings, now=int(time.time()) - 3600)
     wrong_audience = jwt.encode({"sub": str(owner), "role": "authenticated", "aud": "other",
                                  "exp": int(time.time()) + 600}, settings.user_jwt_secret(),
@@ -176,7 +176,6 @@ async def test_every_token_failure_is_refused_with_its_reason(db, settings, ws_u
     assert (await client.join("realtime:elsewhere", token=expired))["response"] == {
         "reason": "unknown_topic"}
     await client.close()
-    assert other_owner != owner and session_id
 
 
 async def test_a_container_token_joins_its_live_session_only(db, settings, ws_url,

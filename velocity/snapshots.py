@@ -190,7 +190,7 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
                 yield _cached(ArchiveEntry.from_bytes(path, content.encode()), sha256, cache)
             else:
                 yield ArchiveEntry(path, size, partial(_content_of, conn, file_id),
-                                   deflated=partial(_assert_cached, cache, sha256))
+                                   deflated=partial(_from_cache_only, cache, sha256))
 
 
 def _cached(entry: ArchiveEntry, sha256: str, cache: EntryCache | None) -> ArchiveEntry:
@@ -208,8 +208,9 @@ def _cached(entry: ArchiveEntry, sha256: str, cache: EntryCache | None) -> Archi
     return replace(entry, deflated=deflated)
 
 
-def _assert_cached(cache: EntryCache | None, sha256: str) -> Deflated | None:
-    # None (the entry then reads its content) if the cache lost it since holds() said yes.
+def _from_cache_only(cache: EntryCache | None, sha256: str) -> Deflated | None:
+    """The cached stream, or None if the cache lost it since holds() said yes (the entry then
+    reads its content from the database)."""
     return cache.get(sha256) if cache is not None else None
 
 

@@ -43,7 +43,7 @@ class Connection:
         self.apikey = apikey
         self.closed = False
         self.subscriptions: dict[str, Subscription] = {}
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(hub.settings.realtime_send_queue)
+        self.queue: asyncio.Queue[str] = asyncio.Queue(hub.settings.realtime_send_queue)
         self._writer: asyncio.Task[None] | None = None
 
     # -- the outbox the hub writes to ----------------------------------------------------------
@@ -89,7 +89,6 @@ class Connection:
             for subscription in list(self.subscriptions.values()):
                 self.hub.unsubscribe(subscription)
             self.subscriptions.clear()
-            self.queue.put_nowait(None) if not self.queue.full() else None
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
@@ -118,10 +117,7 @@ class Connection:
     async def _write_forever(self) -> None:
         try:
             while True:
-                frame = await self.queue.get()
-                if frame is None:
-                    return
-                await self.websocket.send_text(frame)
+                await self.websocket.send_text(await self.queue.get())
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed = True
 

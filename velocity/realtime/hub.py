@@ -376,9 +376,6 @@ class Hub:
                 (sessions, [int(batch[s].get("applied_seq") or 0) for s in sessions],
                  [_lag(batch[s]) for s in sessions], [Jsonb(batch[s]) for s in sessions]))
 
-    async def flush_statuses_now(self) -> None:
-        await self._flush_statuses()
-
     # -- requests from clients -----------------------------------------------------------------
     async def client_broadcast_enabled(self, user_id: UUID) -> bool:
         cached = self._flag_cache.get(user_id)
