@@ -33,6 +33,8 @@ log = logging.getLogger("velocity.orchestrator")
 
 # Flows started in process at once; later ones wait for a free thread (Pending in Prefect).
 LOCAL_MAX_CONCURRENT_RUNS = 16
+# How long shutting the API down waits for flows running in process to finish.
+LOCAL_DRAIN_SECONDS = 30.0
 
 FinishedHook = Callable[[Workflow, UUID, State[Any]], Awaitable[None]]
 """Called in the API's event loop after a locally run flow reaches a final state."""
@@ -155,12 +157,16 @@ class LocalRunner:
                 log.exception("after flow run %s of %s", flow_run.id, workflow.name)
 
     async def aclose(self) -> None:
-        """Stop taking runs. Runs not yet started are dropped; running ones finish on their
-        threads (the process waits for them at exit)."""
+        """Stop taking runs: runs not yet started are dropped, running ones get
+        `LOCAL_DRAIN_SECONDS` to finish, so their final states and logs reach Prefect
+        before whoever stops the API stops Prefect too."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for run in list(self._runs):
-            run.cancel()
-        await asyncio.gather(*self._runs, return_exceptions=True)
+        if self._runs:
+            _, unfinished = await asyncio.wait(set(self._runs), timeout=LOCAL_DRAIN_SECONDS)
+            for run in unfinished:
+                log.warning("flow run %s still running at shutdown", run.get_name())
+                run.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
         await self._prefect.aclose()
 
 
