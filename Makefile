@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## run the main job end to end on the embedded stack
 	$(BIN)/velocity demo
 
-test: $(STAMP)  ## the whole test suite against real services
+test: $(STAMP)  ## the whole test suite against real services (installs Docker, Chromium)
+	scripts/test-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## the benchmarks, printing JSON figures

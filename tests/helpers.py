@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import pytest
 
 from velocity.db import Database
 
@@ -37,3 +41,15 @@ def file_state(db: Database, project_id) -> tuple:
         (last_seq,) = conn.execute(
             "SELECT last_event_seq FROM projects WHERE id = %s", (project_id,)).fetchone()
     return tuple(files), tuple(events), last_seq
+
+
+def require_tool(command: str, why: str) -> str:
+    """The path of `command`; without it the test is skipped, or fails under
+    VELOCITY_TEST_STRICT=1 (CI, where scripts/test-tools installs it)."""
+    path = shutil.which(command)
+    if path:
+        return path
+    message = f"{command} is not installed ({why}); scripts/test-tools installs it as root"
+    if os.environ.get("VELOCITY_TEST_STRICT") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
