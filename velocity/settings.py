@@ -73,6 +73,48 @@ class Settings(BaseSettings):
         description="Disk for compressed snapshot entries (under home), reused across builds.")
     snapshot_url_ttl_seconds: int = Field(
         default=900, ge=30, description="Lifetime of signed snapshot and binary-file URLs.")
+    docker_host: str | None = Field(
+        default=None, description="Docker engine of the docker runtime, e.g. "
+        "unix:///run/docker.sock; unset: DOCKER_HOST, else the engine's default socket.")
+    docker_image: str | None = Field(
+        default=None, description="Agent image of the docker runtime; unset: the one "
+        "`velocity image build` builds from this checkout (velocity-agent:<content hash>).")
+    docker_memory: str = Field(
+        default="512m", pattern=r"^[0-9]+[bkmg]?$",
+        description="Memory limit of a session container (no swap on top).")
+    docker_cpus: float = Field(default=1.0, gt=0, le=64,
+                               description="CPU limit of a session container, in CPUs.")
+    docker_pids_limit: int = Field(default=256, ge=16,
+                                   description="Process limit of a session container.")
+    docker_tmp_size: str = Field(
+        default="64m", pattern=r"^[0-9]+[kmg]?$",
+        description="Size of a session container's /tmp tmpfs (its only writable path "
+        "besides the project's workspace).")
+    docker_workspace_root: Path | None = Field(
+        default=None, description="Host directory under which each session container's "
+        "workspace is bind-mounted (the engine must be on this machine); unset: an anonymous "
+        "volume per container, removed with it.")
+    fly_api_url: str = Field(default="https://api.machines.dev",
+                             description="Base URL of the Fly Machines API.")
+    fly_logs_url: str = Field(default="https://api.fly.io",
+                              description="Base URL of Fly's platform API (machine logs).")
+    fly_api_token: SecretStr | None = Field(
+        default=None, description="Fly API token (a deploy token of fly_app suffices).")
+    fly_app: str | None = Field(default=None,
+                                description="Fly app whose machines run preview sessions.")
+    fly_image: str | None = Field(
+        default=None, description="Agent image of the fly runtime, pushed to a registry Fly "
+        "can pull from (e.g. registry.fly.io/<app>:<tag>).")
+    fly_region: str | None = Field(default=None,
+                                   description="Region of new machines; unset: Fly chooses.")
+    fly_cpu_kind: Literal["shared", "performance"] = Field(
+        default="shared", description="Guest CPU kind of a session machine.")
+    fly_cpus: int = Field(default=1, ge=1, le=16, description="Guest CPUs of a session machine.")
+    fly_memory_mb: int = Field(default=512, ge=256,
+                               description="Guest memory of a session machine, in MiB.")
+    fly_restart_retries: int = Field(
+        default=3, ge=0, description="Restarts of a machine whose agent failed, before Fly "
+        "gives up (policy on-failure; an ended machine is destroyed).")
     service_key: SecretStr | None = Field(
         default=None, description="Key that lets trusted callers use the HTTP API as the "
         "service (the `apikey` header or a Bearer token equal to it).")

@@ -35,10 +35,22 @@ def _process_runtime(settings: Settings) -> Runtime:
     return ProcessRuntime(settings.home / "runtimes" / "process")
 
 
+def _fly_runtime(settings: Settings) -> Runtime:
+    from velocity.runtimes.fly import FlyRuntime
+
+    token = settings.fly_api_token.get_secret_value() if settings.fly_api_token else ""
+    return FlyRuntime(settings.fly_app or "", settings.fly_image or "", token,
+                      api_url=settings.fly_api_url, logs_url=settings.fly_logs_url,
+                      region=settings.fly_region, cpu_kind=settings.fly_cpu_kind,
+                      cpus=settings.fly_cpus, memory_mb=settings.fly_memory_mb,
+                      restart_retries=settings.fly_restart_retries)
+
+
 RUNTIMES: dict[str, Callable[[Settings], Runtime]] = {
     "process": _process_runtime,
+    "fly": _fly_runtime,
 }
-"""Every runtime by name; docker and fly join here."""
+"""Every runtime by name (modules beyond process are imported when first chosen)."""
 
 
 def get_runtime(name: str, settings: Settings) -> Runtime:
