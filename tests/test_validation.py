@@ -45,6 +45,8 @@ BAD_PATHS = [
     ("a" * 1025, "too_long"),
     ("é" * 513, "too_long"),  # 1,026 bytes in UTF-8, 513 characters
     ("/".join(["d"] * 33), "too_deep"),
+    ("c:notes.txt", "drive_letter"),
+    ("a/" + "b" * 256, "segment_too_long"),
     ("a\x00b", "control_character"),
 ]
 
@@ -63,7 +65,8 @@ def test_bad_paths_are_refused_with_their_reason(db, project, files, path, reaso
 
 def test_boundary_paths_are_accepted(project, files):
     project_id, _ = project
-    files.upsert(project_id, "a" * 1024, "x")
+    files.upsert(project_id, "/".join(["a" * 255] * 3 + ["a" * 254, "a"]), "x")  # 1,024 bytes
+    files.upsert(project_id, "é" * 127 + "e", "x")  # a 255-byte name
     files.upsert(project_id, "/".join(["d"] * 31) + "/f", "x")
     files.upsert(project_id, "ünïcødé/文件.txt", "x")
     files.upsert(project_id, ".env.local", "x")

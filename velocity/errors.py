@@ -163,3 +163,11 @@ def nul_in_text_error(field: str) -> InvalidInput:
     if field == "file_path":
         return InvalidPath("invalid path: contains a NUL character", reason="control_character")
     return InvalidInput(f"{field} contains a NUL character, which text cannot hold")
+
+
+def lone_surrogate_error(field: str, surrogate: str) -> InvalidInput:
+    """A lone surrogate (U+D800-U+DFFF alone) is not Unicode text: no UTF-8 can encode it."""
+    text = f"{field} holds a lone surrogate ({surrogate!r}), which is not Unicode text"
+    if field == "file_path":
+        return InvalidPath(f"invalid path: {text}", reason="invalid_unicode")
+    return InvalidInput(text)

@@ -11,7 +11,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel
 
 from velocity.db import Actor, Database
-from velocity.errors import nul_in_text_error
+from velocity.errors import lone_surrogate_error, nul_in_text_error
 
 
 class ProjectFile(BaseModel):
@@ -77,9 +77,17 @@ class FileEvent(BaseModel):
     created_at: datetime
 
 
-def _no_nul(field: str, value: str | None) -> None:
-    if value is not None and "\x00" in value:
+def _storable_text(field: str, value: str | None) -> None:
+    """Refuse what PostgreSQL text cannot hold (NUL, lone surrogates) before sending it."""
+    if value is None:
+        return
+    if "\x00" in value:
         raise nul_in_text_error(field)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise lone_surrogate_error(field, value[error.start]) from None
 
 
 class FileClient:
@@ -94,8 +102,9 @@ class FileClient:
 
     def upsert(self, project_id: UUID | str, path: str, content: str,
                file_type: str | None = None, expected_version: int | None = None) -> ProjectFile:
-        _no_nul("file_path", path)
-        _no_nul("content", content)
+        _storable_text("file_path", path)
+        _storable_text("content", content)
+        _storable_text("file_type", file_type)
         (row,) = self._call("upsert_project_file", project_uuid=str(project_id),
                             p_file_path=path, p_content=content, p_file_type=file_type,
                             expected_version=expected_version)
@@ -104,7 +113,7 @@ class FileClient:
     def upsert_binary(self, project_id: UUID | str, path: str, storage_key: str, sha256: str,
                       size: int, file_type: str = "binary",
                       expected_version: int | None = None) -> ProjectFile:
-        _no_nul("file_path", path)
+        _storable_text("file_path", path)
         (row,) = self._call("upsert_project_binary_file", project_uuid=str(project_id),
                             p_file_path=path, p_storage_key=storage_key, p_content_hash=sha256,
                             p_size_bytes=size, p_file_type=file_type,
@@ -113,7 +122,7 @@ class FileClient:
 
     def delete(self, project_id: UUID | str, path: str,
                expected_version: int | None = None) -> ProjectFile:
-        _no_nul("file_path", path)
+        _storable_text("file_path", path)
         (row,) = self._call("delete_project_file", project_uuid=str(project_id),
                             p_file_path=path, expected_version=expected_version)
         return ProjectFile.model_validate(row)
@@ -128,7 +137,7 @@ class FileClient:
         for item in items:
             for field in ("file_path", "content"):
                 value = item.get(field)
-                _no_nul(field, value if isinstance(value, str) else None)
+                _storable_text(field, value if isinstance(value, str) else None)
         (row,) = self._call("bulk_upsert_project_files", project_uuid=str(project_id),
                             files=Jsonb(items))
         return BulkResult.model_validate(row["bulk_upsert_project_files"])
@@ -136,19 +145,19 @@ class FileClient:
     def bulk_delete(self, project_id: UUID | str, paths: Iterable[str]) -> BulkResult:
         paths = list(paths)
         for path in paths:
-            _no_nul("file_path", path)
+            _storable_text("file_path", path)
         (row,) = self._call("bulk_delete_project_files", project_uuid=str(project_id),
                             p_file_paths=paths)
         return BulkResult.model_validate(row["bulk_delete_project_files"])
 
     def history(self, project_id: UUID | str, path: str) -> list[ProjectFile]:
-        _no_nul("file_path", path)
+        _storable_text("file_path", path)
         rows = self._call("file_history", project_uuid=str(project_id), p_file_path=path)
         return [ProjectFile.model_validate(row) for row in rows]
 
     def restore(self, project_id: UUID | str, path: str, version: int,
                 expected_version: int | None = None) -> ProjectFile:
-        _no_nul("file_path", path)
+        _storable_text("file_path", path)
         (row,) = self._call("restore_file_version", project_uuid=str(project_id),
                             p_file_path=path, p_version=version,
                             expected_version=expected_version)
@@ -161,6 +170,7 @@ class FileClient:
         return [FileEvent.model_validate(row) for row in rows]
 
     def is_feature_enabled(self, flag_key: str, user_id: UUID | str | None = None) -> bool:
+        _storable_text("flag_key", flag_key)
         (row,) = self._call("is_feature_enabled", flag_key=flag_key,
                             user_id=str(user_id) if user_id else None)
         return bool(row["is_feature_enabled"])
