@@ -30,6 +30,9 @@ snapshot_app = typer.Typer(help="Project snapshots: deterministic zips with a wa
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(snapshot_app, name="snapshot")
+image_app = typer.Typer(help="The agent image of the docker runtime, built locally.",
+                        no_args_is_help=True)
+app.add_typer(image_app, name="image")
 
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,6 +71,43 @@ def _emit(as_json: bool, data: dict[str, Any], text: str) -> None:
         sys.stdout.write(json.dumps(data) + "\n")
     else:
         typer.echo(text)
+
+
+@image_app.command("build")
+@clear_errors
+def image_build(
+    docker_host: Annotated[str | None, typer.Option(
+        help="Docker engine URL; default VELOCITY_DOCKER_HOST, else DOCKER_HOST or the "
+        "engine's default socket.")] = None,
+    cache_dir: Annotated[str | None, typer.Option(
+        help="Where the base rootfs tarball is kept; default ~/.cache/velocity.")] = None,
+    mirror: Annotated[str, typer.Option(help="Debian mirror debootstrap uses.")]
+    = "http://deb.debian.org/debian",
+    as_json: JsonOption = False,
+) -> None:
+    """Build the agent image (velocity-agent:<content hash>) with no registry: a debootstrapped
+    Debian base (once, needs root), then this checkout's agent; a no-op when it is current."""
+    from pathlib import Path
+
+    import docker
+
+    from velocity.runtimes.agent_image import build_agent_image, default_cache_dir
+    from velocity.settings import get_settings
+
+    url = docker_host or get_settings().docker_host
+    try:
+        client = docker.DockerClient(base_url=url, timeout=600) if url else \
+            docker.from_env(timeout=600)
+    except docker.errors.DockerException as error:
+        raise VelocityError(f"cannot reach the Docker engine {url or ''}: {error}") from None
+    try:
+        built = build_agent_image(client, Path(cache_dir) if cache_dir else default_cache_dir(),
+                                  mirror, log=lambda line: err.print(line, highlight=False))
+    finally:
+        client.close()
+    data = {"image": built.tag, "base": built.base_tag, "built": built.built,
+            "seconds": round(built.seconds, 2)}
+    _emit(as_json, data, built.tag)
 
 
 @db_app.command("start")

@@ -35,6 +35,16 @@ def _process_runtime(settings: Settings) -> Runtime:
     return ProcessRuntime(settings.home / "runtimes" / "process")
 
 
+def _docker_runtime(settings: Settings) -> Runtime:
+    from velocity.runtimes.docker import DockerRuntime, default_agent_image
+
+    return DockerRuntime(settings.docker_image or default_agent_image(),
+                         docker_host=settings.docker_host, memory=settings.docker_memory,
+                         cpus=settings.docker_cpus, pids_limit=settings.docker_pids_limit,
+                         tmp_size=settings.docker_tmp_size,
+                         workspace_root=settings.docker_workspace_root)
+
+
 def _fly_runtime(settings: Settings) -> Runtime:
     from velocity.runtimes.fly import FlyRuntime
 
@@ -48,6 +58,7 @@ def _fly_runtime(settings: Settings) -> Runtime:
 
 RUNTIMES: dict[str, Callable[[Settings], Runtime]] = {
     "process": _process_runtime,
+    "docker": _docker_runtime,
     "fly": _fly_runtime,
 }
 """Every runtime by name (modules beyond process are imported when first chosen)."""
