@@ -5,9 +5,10 @@ Two projects of source-like text are loaded through `bulk_upsert_project_files` 
 `velocity.snapshots.build_snapshot` with a `LocalStore` in a temp directory, in a fresh child
 process (`--child`), so the memory measured is the build's and not the loader's: the child notes
 its resident set after imports and an open connection pool (the baseline), builds once, and
-reports its peak. Builds use `force=True` so each one really builds; then children build
-without force and must find the snapshot reusable. The issue's targets are checked on the
-large project.
+reports its peak. Builds use `force=True` so each one really builds from the database alone;
+then children build without force and must find the snapshot reusable; then, after one file is
+edited, each child rebuilds on the last snapshot (unchanged files copied from its zip), and a
+forced build must give the same bytes. The issue's targets are checked on the large project.
 
 Peak RSS is the kernel's per-process high-water mark, VmHWM in /proc/self/status (KiB).
 `getrusage(RUSAGE_SELF).ru_maxrss` is reported beside it but not used: Linux carries the
@@ -133,12 +134,10 @@ def _memory_kib() -> dict[str, int]:
     return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
 
 
-def build_in_child(url: str, store_root: Path, project_id: uuid.UUID, force: bool,
-                   cache_root: Path | None = None) -> dict:
+def build_in_child(url: str, store_root: Path, project_id: uuid.UUID, force: bool) -> dict:
     """Run one build in a fresh interpreter (this module's `--child` entry point)."""
     spec = json.dumps({"url": url, "store_root": str(store_root),
-                       "project_id": str(project_id), "force": force,
-                       "cache_root": str(cache_root) if cache_root else None})
+                       "project_id": str(project_id), "force": force})
     done = subprocess.run([sys.executable, "-m", "bench.snapshot", "--child", spec],
                           capture_output=True, text=True, check=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -146,18 +145,17 @@ def build_in_child(url: str, store_root: Path, project_id: uuid.UUID, force: boo
 
 def child_main(spec_json: str) -> None:
     """Open a pool and a store, note the peak RSS so far, build once, report as JSON."""
-    from velocity.snapshots import EntryCache, build_snapshot
+    from velocity.snapshots import build_snapshot
     from velocity.storage import LocalStore
 
     spec = json.loads(spec_json)
-    cache = EntryCache(Path(spec["cache_root"]), 4 * 1024**3) if spec["cache_root"] else None
     store = LocalStore(Path(spec["store_root"]), "http://127.0.0.1:8000", STORE_SECRET)
     with Database(spec["url"], min_size=1, max_size=2) as db:
         db.pool.wait()
         baseline = _memory_kib()
         baseline_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
-        result = build_snapshot(db, store, spec["project_id"], force=spec["force"], cache=cache)
+        result = build_snapshot(db, store, spec["project_id"], force=spec["force"])
         seconds = time.perf_counter() - started
         peak = _memory_kib()
         peak_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -180,15 +178,15 @@ def measure(db: Database, url: str, count: int, total_bytes: int, runs: int) -> 
     with tempfile.TemporaryDirectory(prefix="velocity-bench-store-") as root:
         builds = [build_in_child(url, Path(root), project, force=True) for _ in range(runs)]
         reuses = [build_in_child(url, Path(root), project, force=False) for _ in range(runs)]
-        # The common rebuild: one file edited since the last build, compressed entries cached.
-        cache_root = Path(root) / "entry-cache"
-        build_in_child(url, Path(root), project, force=True, cache_root=cache_root)
+        # The common rebuild: one file edited since the last build, which is its base.
         files = FileClient(db, Actor.service())
         rebuilds = []
         for run in range(runs):
             files.upsert(project, "src/edited.ts", f"export const run = {run};\n")
-            rebuilds.append(build_in_child(url, Path(root), project, force=False,
-                                           cache_root=cache_root))
+            rebuilds.append(build_in_child(url, Path(root), project, force=False))
+        scratch = build_in_child(url, Path(root), project, force=True)
+    if scratch["sha256"] != rebuilds[-1]["sha256"]:
+        raise AssertionError("a rebuild on the last snapshot differs from a build from scratch")
     if not all(reuse["reused"] for reuse in reuses):
         raise AssertionError("a build without force after an unchanged project did not reuse")
     if len({build["sha256"] for build in builds}) != 1:
@@ -205,7 +203,7 @@ def measure(db: Database, url: str, count: int, total_bytes: int, runs: int) -> 
         "build_seconds": {"median": round(statistics.median(seconds), 3),
                           "runs": [round(value, 3) for value in seconds]},
         "build_mb_per_second_median": round(loaded / 1e6 / statistics.median(seconds), 1),
-        "rebuild_after_one_edit_cached_seconds": {
+        "rebuild_after_one_edit_seconds": {
             "median": round(statistics.median(r["seconds"] for r in rebuilds), 3),
             "runs": [round(r["seconds"], 3) for r in rebuilds]},
         "reuse_ms": {"median": round(statistics.median(reuse_ms), 2),
@@ -225,7 +223,7 @@ def measure(db: Database, url: str, count: int, total_bytes: int, runs: int) -> 
 def targets(large: dict[str, Any]) -> dict[str, dict[str, Any]]:
     measured = {"large_build_seconds": large["build_seconds"]["median"],
                 "large_rebuild_after_one_edit_seconds":
-                    large["rebuild_after_one_edit_cached_seconds"]["median"],
+                    large["rebuild_after_one_edit_seconds"]["median"],
                 "large_peak_rss_mib": large["builder_rss_mib"]["peak_during_build_max"],
                 "reuse_ms": large["reuse_ms"]["median"]}
     return {name: {"limit": limit, "measured": measured[name], "met": measured[name] <= limit}

@@ -288,8 +288,7 @@ def snapshot_build(
     as_json: JsonOption = False,
 ) -> None:
     """Build (or reuse) a project's snapshot; print it with a signed download URL."""
-    from velocity.settings import get_settings
-    from velocity.snapshots import build_snapshot, open_entry_cache
+    from velocity.snapshots import build_snapshot
     from velocity.storage import open_store
 
     try:
@@ -298,8 +297,7 @@ def snapshot_build(
         raise VelocityError(f"not a project id: {project_id!r}") from None
     store = open_store()
     with Database(_url(database_url_option), max_size=2) as db:
-        result = build_snapshot(db, store, project, force=force,
-                                cache=open_entry_cache(get_settings()))
+        result = build_snapshot(db, store, project, force=force)
     data = {"snapshot_id": str(result.snapshot_id), "watermark": result.watermark,
             "files": result.files, "bytes": result.bytes, "sha256": result.sha256,
             "reused": result.reused, "url": store.signed_url(result.storage_key, ttl),

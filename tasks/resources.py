@@ -5,8 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from velocity.db import Database, database_url
-from velocity.settings import get_settings
-from velocity.snapshots import EntryCache, open_entry_cache
 from velocity.storage import ObjectStore, open_store
 
 
@@ -20,7 +18,3 @@ def database(url: str | None = None) -> Database:
 def object_store() -> ObjectStore:
     return open_store()
 
-
-@lru_cache(maxsize=1)
-def entry_cache() -> EntryCache:
-    return open_entry_cache(get_settings())

@@ -8,7 +8,7 @@ from uuid import UUID
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.resources import database, entry_cache, object_store
+from tasks.resources import database, object_store
 from tasks.retries import RETRY_TRANSIENT
 from velocity.snapshots import SnapshotResult, build_snapshot
 
@@ -24,7 +24,7 @@ async def build_project_snapshot(project_id: UUID, force: bool = False) -> Snaps
     of Prefect overhead, an async one ~14 ms.
     """
     result = await asyncio.to_thread(build_snapshot, database(), object_store(), project_id,
-                                     force=force, cache=entry_cache())
+                                     force=force)
     get_run_logger().info(
         "snapshot %s of project_id=%s: %d files, %d bytes, watermark %d%s",
         result.snapshot_id, project_id, result.files, result.bytes, result.watermark,

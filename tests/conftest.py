@@ -116,7 +116,6 @@ def configured(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     get_settings.cache_clear()
     resources.database.cache_clear()
     resources.object_store.cache_clear()
-    resources.entry_cache.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
     resources.object_store.cache_clear()

@@ -24,7 +24,14 @@ from agent.archive import (
     swap_into_place,
     verify_sha256,
 )
-from velocity.archive import ArchiveEntry, Manifest, ManifestFile, write_snapshot_zip
+from velocity import archive
+from velocity.archive import (
+    ArchiveEntry,
+    Manifest,
+    ManifestFile,
+    base_records,
+    write_snapshot_zip,
+)
 
 MiB = 1024 * 1024
 FILES = {
@@ -112,9 +119,84 @@ def test_content_is_read_lazily_and_streamed() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert opened == ["f0", "f1", "f2"]
+    assert sorted(opened) == ["f0", "f1", "f2"]  # compressed on several threads at once
     assert digest.size > 0
     assert peak < 8 * MiB, f"48 MiB written with a peak of {peak} bytes"
+
+
+def _zipfile_info(path: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3
+    info.external_attr = 0o100644 << 16
+    info.file_size = size
+    return info
+
+
+def test_records_are_the_ones_zipfile_writes() -> None:
+    """Whole entries: zipfile on a seekable file rewrites each header with CRC and sizes."""
+    expected = io.BytesIO()
+    with zipfile.ZipFile(expected, "w") as reference:
+        for path in sorted(FILES):
+            reference.writestr(_zipfile_info(path, len(FILES[path])), FILES[path],
+                               compresslevel=1)
+    assert zip_bytes(list(FILES))[0] == expected.getvalue()
+
+
+def test_streamed_records_are_the_ones_zipfile_writes(monkeypatch) -> None:
+    """Large entries stream with a data descriptor, as zipfile writes to a pipe."""
+    monkeypatch.setattr(archive, "WHOLE_ENTRY_LIMIT", -1)
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data) -> int:  # type: ignore[override]
+            self.data += data
+            return len(data)
+
+    pipe = Pipe()
+    with zipfile.ZipFile(pipe, "w", compresslevel=1) as reference:
+        for path in sorted(FILES):
+            info = _zipfile_info(path, len(FILES[path]))
+            info._compresslevel = 1  # type: ignore[attr-defined]
+            with reference.open(info, "w") as target:
+                target.write(FILES[path])
+    assert zip_bytes(list(FILES))[0] == bytes(pipe.data)
+
+
+def test_a_zip_built_on_a_base_equals_one_built_from_scratch(tmp_path: Path) -> None:
+    base_path = tmp_path / "base.zip"
+    with open(base_path, "wb") as out:
+        write_snapshot_zip(entries(list(FILES)), out)
+    changed = {**FILES, "src/main.ts": b"edited\n", "src/new.ts": b"new\n"}
+    del changed["package.json"]
+    with open(base_path, "rb") as base:
+        records = base_records(base)
+        listing = [ArchiveEntry(path, len(data), lambda: pytest.fail("content was read"),
+                                base=records[path])
+                   if FILES.get(path) == data else ArchiveEntry.from_bytes(path, data)
+                   for path, data in changed.items()]
+        on_base = io.BytesIO()
+        write_snapshot_zip(listing, on_base, base=base)
+    scratch = io.BytesIO()
+    write_snapshot_zip([ArchiveEntry.from_bytes(p, d) for p, d in changed.items()], scratch)
+    assert on_base.getvalue() == scratch.getvalue()
+    with zipfile.ZipFile(on_base) as rebuilt:
+        assert {info.filename: rebuilt.read(info) for info in rebuilt.infolist()} == changed
+
+
+def test_more_entries_than_a_plain_zip_holds_use_zip64_end_records(tmp_path: Path) -> None:
+    listing = [ArchiveEntry.from_bytes(f"f{index:05d}", b"") for index in range(70_000)]
+    out = io.BytesIO()
+    write_snapshot_zip(listing, out, presorted=True)
+    with zipfile.ZipFile(out) as written:
+        assert len(written.infolist()) == 70_000
+    out.seek(0)
+    assert len(base_records(out)) == 70_000
 
 
 @pytest.mark.parametrize(

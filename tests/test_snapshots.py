@@ -165,36 +165,72 @@ def test_unknown_project_is_not_found(db, store):
         build_snapshot(db, store, "00000000-0000-0000-0000-000000000000")
 
 
-def test_the_entry_cache_never_changes_the_bytes(db, store, service, new_project, tmp_path):
-    from velocity.snapshots import EntryCache
+def _edit(service, project_id) -> None:
+    service.upsert(project_id, "index.html", "<main>edited</main>")
+    service.delete(project_id, "empty.txt")
+    service.upsert(project_id, "src/new/ünï.ts", "export const fresh = 1;\n")
+
+
+def test_a_rebuild_on_the_last_snapshot_equals_a_build_from_scratch(db, store, service,
+                                                                    new_project, tmp_path):
+    project_id, _ = new_project()
+    service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
+    build_snapshot(db, store, project_id)
+    _edit(service, project_id)
+    rebuilt = build_snapshot(db, store, project_id)
+    scratch = build_snapshot(db, store, project_id, force=True)
+    assert not rebuilt.reused and rebuilt.sha256 == scratch.sha256
+    assert zip_bytes(store, rebuilt) == zip_bytes(store, scratch)
+    extract_snapshot(store.path_of(rebuilt.storage_key), tmp_path / "out", rebuilt.sha256)
+    expected = {f.file_path: (f.content or "").encode() for f in service.list_current(project_id)}
+    assert tree(tmp_path / "out") == expected
+
+
+def _replace_base_zip(db, store, result, data: bytes, *, record_hash: bool) -> None:
+    store.put_bytes(result.storage_key, data)
+    if record_hash:
+        with db.transaction() as conn:
+            conn.execute("UPDATE project_snapshots SET sha256 = %s WHERE id = %s",
+                         (hashlib.sha256(data).hexdigest(), result.snapshot_id))
+
+
+def test_unchanged_files_are_copied_from_the_base_zip(db, store, service, new_project, tmp_path):
+    """Shown with a base whose record of one unchanged file was swapped (and its hash
+    recorded to match): the rebuild carries the swapped record over instead of recompressing."""
+    from velocity.archive import ArchiveEntry, write_snapshot_zip
 
     project_id, _ = new_project()
     service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
-    cache = EntryCache(tmp_path / "cache", max_bytes=10**9)
-    plain = build_snapshot(db, store, project_id, force=True)
-    cold = build_snapshot(db, store, project_id, force=True, cache=cache)
-    warm = build_snapshot(db, store, project_id, force=True, cache=cache)
-    assert plain.sha256 == cold.sha256 == warm.sha256
-    cached = list((cache.root).rglob("*"))
-    assert len([p for p in cached if p.is_file()]) == len(set(FILES.values()))
-
-    service.upsert(project_id, "index.html", "<main>edited</main>")
-    edited_plain = build_snapshot(db, store, project_id, force=True)
-    edited_cached = build_snapshot(db, store, project_id, force=True, cache=cache)
-    assert edited_plain.sha256 == edited_cached.sha256 != plain.sha256
-    target = tmp_path / "out"
-    extract_snapshot(store.path_of(edited_cached.storage_key), target, edited_cached.sha256)
-    assert (target / "index.html").read_text() == "<main>edited</main>"
+    base = build_snapshot(db, store, project_id)
+    swapped = {**FILES, "index.html": "swapped in the base"}
+    out = tmp_path / "swapped.zip"
+    with open(out, "wb") as handle:
+        write_snapshot_zip([ArchiveEntry.from_bytes(p, c.encode()) for p, c in swapped.items()],
+                           handle)
+    _replace_base_zip(db, store, base, out.read_bytes(), record_hash=True)
+    service.upsert(project_id, "src/components/C1.tsx", "edited")
+    rebuilt = build_snapshot(db, store, project_id)
+    extract_snapshot(store.path_of(rebuilt.storage_key), tmp_path / "out", rebuilt.sha256)
+    assert (tmp_path / "out" / "index.html").read_text() == "swapped in the base"
+    assert (tmp_path / "out" / "src/components/C1.tsx").read_text() == "edited"
 
 
-def test_the_entry_cache_keeps_to_its_size(db, store, service, new_project, tmp_path):
-    from velocity.snapshots import EntryCache
-
+@pytest.mark.parametrize("damage", ["altered bytes", "missing object", "not a zip"])
+def test_a_damaged_base_is_skipped_and_the_build_is_still_exact(db, store, service, new_project,
+                                                                caplog, damage):
     project_id, _ = new_project()
-    service.bulk_upsert(project_id, [{"file_path": f"f{i}.txt", "content": f"{i}" * 5000}
-                                     for i in range(40)])
-    cache = EntryCache(tmp_path / "cache", max_bytes=2000)
-    result = build_snapshot(db, store, project_id, force=True, cache=cache)
-    size = sum(p.stat().st_size for p in cache.root.rglob("*") if p.is_file())
-    assert size <= 2000
-    assert build_snapshot(db, store, project_id, force=True, cache=cache).sha256 == result.sha256
+    service.bulk_upsert(project_id, [{"file_path": p, "content": c} for p, c in FILES.items()])
+    base = build_snapshot(db, store, project_id)
+    if damage == "altered bytes":
+        data = bytearray(zip_bytes(store, base))
+        data[40] ^= 0xFF
+        _replace_base_zip(db, store, base, bytes(data), record_hash=False)
+    elif damage == "missing object":
+        store.delete(base.storage_key)
+    else:
+        _replace_base_zip(db, store, base, b"not a zip", record_hash=True)
+    _edit(service, project_id)
+    with caplog.at_level("WARNING", logger="velocity.snapshots"):
+        rebuilt = build_snapshot(db, store, project_id)
+    assert f"snapshot {base.snapshot_id} cannot be the base" in caplog.text
+    assert rebuilt.sha256 == build_snapshot(db, store, project_id, force=True).sha256

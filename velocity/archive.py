@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-import sys
-import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from velocity.zipformat import (
+    DATA_DESCRIPTOR,
+    ZIP64_LIMIT,
+    CorruptZip,
+    ZipRecord,
+    central_entry,
+    data_descriptor,
+    dos_date_time,
+    encode_name,
+    end_records,
+    local_header,
+    read_records,
+)
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644  # a regular file, rw-r--r--
@@ -22,6 +37,13 @@ COMPRESS_LEVEL = 1
 # Entries up to this size are compressed whole (and may come from a cache); larger ones stream.
 WHOLE_ENTRY_LIMIT = 16 * 1024 * 1024
 UNIX = 3  # "version made by" host system: lets readers trust the mode bits
+COMPRESS_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Content being compressed ahead of the writer, at most: bounds a build's memory.
+COMPRESS_AHEAD_BYTES = 32 * 1024 * 1024
+# Small files are compressed in batches: a thread hand-off per file would cost more than
+# compressing it. An entry counts as at least COMPRESS_ENTRY_COST bytes.
+COMPRESS_BATCH_BYTES = 512 * 1024
+COMPRESS_ENTRY_COST = 512
 
 
 class Writable(Protocol):
@@ -35,18 +57,26 @@ class ArchiveEntry:
     """One file of a snapshot; `chunks` is called only when the file is written.
 
     Keeping content behind a callable lets a caller describe ten thousand files without
-    holding any of them in memory.
+    holding any of them in memory. An entry with a `base` record is copied verbatim from the
+    base zip given to the writer instead (its content is known to be unchanged).
     """
 
     path: str
     size: int
     chunks: Callable[[], Iterable[bytes]]
-    # Already-compressed bytes (e.g. from a cache), used instead of compressing `chunks`.
-    deflated: Callable[[], Deflated | None] | None = None
+    base: BaseRecord | None = None
 
     @classmethod
     def from_bytes(cls, path: str, data: bytes) -> ArchiveEntry:
         return cls(path, len(data), lambda: (data,))
+
+
+@dataclass(frozen=True)
+class BaseRecord:
+    """Where an entry's whole local record lies in a base zip."""
+
+    record: ZipRecord
+    length: int
 
 
 @dataclass(frozen=True)
@@ -79,59 +109,43 @@ class ZipDigest:
 
 
 class _HashingSink:
-    """Hashes and counts every byte on its way out.
-
-    It offers `tell` but no `seek`, so zipfile writes each entry once, in order, with a data
-    descriptor after the data. The bytes are therefore the same whether `out` is a file or
-    a pipe, and the hash needs no second pass.
-    """
+    """Hashes and counts every byte on its way out, so the hash needs no second pass."""
 
     def __init__(self, out: Writable) -> None:
         self._out = out
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes) -> None:
         self._out.write(data)
         self._hash.update(data)
         self.size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        flush = getattr(self._out, "flush", None)
-        if flush is not None:
-            flush()
-
-    def close(self) -> None:
-        """Leave `out` open: it belongs to the caller."""
 
     def digest(self) -> ZipDigest:
         return ZipDigest(self._hash.hexdigest(), self.size)
 
 
 def write_snapshot_zip(entries: Iterable[ArchiveEntry], out: Writable, *,
-                       presorted: bool = False) -> ZipDigest:
+                       presorted: bool = False, base: BinaryIO | None = None) -> ZipDigest:
     """Write `entries` as a deterministic zip to `out`; returns its sha256 and size.
 
     Entries are sorted by path (code-point order, which is also UTF-8 byte order and
     PostgreSQL's `COLLATE "C"`), so the caller's order never changes the bytes. Every entry
-    has the same timestamp, mode, compression and level, and no variable extra fields.
-    Entries up to WHOLE_ENTRY_LIMIT are compressed whole before they are written; larger
-    ones stream. Memory is bounded by that limit, not by the project.
-    The bytes are stable for a given zlib; another deflate implementation may differ.
+    has the same timestamp, mode, compression and level, and no variable extra fields; the
+    records are the ones zipfile writes (velocity.zipformat). Entries up to WHOLE_ENTRY_LIMIT
+    are compressed whole, on every core; larger ones stream with a data descriptor. Entries
+    with a `base` record are copied from `base`, the zip they came from: the same bytes as
+    compressing them again, at the cost of a copy. The output is never seeked.
 
-    With `presorted`, entries are consumed one at a time (a database cursor, say) and must
-    already be in strictly increasing path order; nothing is held, so memory stays flat.
+    With `presorted`, entries are consumed as they come (a database cursor, say) and must
+    already be in strictly increasing path order; memory stays bounded by the compression
+    window, not by the project.
     """
-    ordered = _checked_in_order(entries) if presorted else _sorted_unique(entries)
-    sink = _HashingSink(out)
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for entry in ordered:
-            _write_entry(archive, entry)
-    return sink.digest()
+    ordered = _checked_in_order(entries) if presorted else iter(_sorted_unique(entries))
+    writer = _ZipWriter(_HashingSink(out), base)
+    for entry, deflated in _deflated_ahead(ordered):
+        writer.add(entry, deflated)
+    return writer.finish()
 
 
 def _sorted_unique(entries: Iterable[ArchiveEntry]) -> list[ArchiveEntry]:
@@ -173,61 +187,165 @@ def check_entry_path(path: str) -> None:
         raise ValueError(f"snapshot path {path!r} has an empty, '.' or '..' segment")
 
 
-def _zip_info(entry: ArchiveEntry) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(entry.path, date_time=FIXED_DATE_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    if sys.version_info >= (3, 13):
-        info.compress_level = COMPRESS_LEVEL
-    else:
-        info._compresslevel = COMPRESS_LEVEL  # type: ignore[attr-defined]
-    info.create_system = UNIX
-    info.external_attr = FILE_MODE << 16
-    # Declaring the size up front makes zipfile choose zip64 from the size alone.
-    info.file_size = entry.size
-    return info
+def _deflated_ahead(entries: Iterator[ArchiveEntry]
+                    ) -> Iterator[tuple[ArchiveEntry, Deflated | None]]:
+    """Entries in order, each whole entry with its deflate stream, compressed ahead on
+    threads (zlib releases the GIL) in batches of about COMPRESS_BATCH_BYTES, at most
+    COMPRESS_AHEAD_BYTES of content in flight. Copied and streamed entries get None."""
+    window: deque[tuple[list[ArchiveEntry], Future[list[Deflated]] | None]] = deque()
+    batch: list[ArchiveEntry] = []
+    batch_bytes = in_flight = 0
+    with ThreadPoolExecutor(max_workers=COMPRESS_THREADS,
+                            thread_name_prefix="snapshot-deflate") as pool:
+
+        def submit_batch() -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                window.append((batch, pool.submit(_deflate_batch, batch)))
+                batch, batch_bytes = [], 0
+
+        for entry in entries:
+            if entry.base is not None or entry.size > WHOLE_ENTRY_LIMIT:
+                submit_batch()
+                window.append(([entry], None))
+            else:
+                batch.append(entry)
+                batch_bytes += entry.size + COMPRESS_ENTRY_COST
+                in_flight += entry.size + COMPRESS_ENTRY_COST
+                if batch_bytes >= COMPRESS_BATCH_BYTES:
+                    submit_batch()
+            while window and (in_flight > COMPRESS_AHEAD_BYTES or window[0][1] is None):
+                done, future = window.popleft()
+                if future is None:
+                    yield done[0], None
+                    continue
+                for item, deflated in zip(done, future.result(), strict=True):
+                    in_flight -= item.size + COMPRESS_ENTRY_COST
+                    yield item, deflated
+        submit_batch()
+        while window:
+            done, future = window.popleft()
+            results = future.result() if future is not None else [None]
+            yield from zip(done, results, strict=True)
 
 
-def _write_entry(archive: zipfile.ZipFile, entry: ArchiveEntry) -> None:
-    """Write an entry from its deflate stream: cached or fresh, the bytes are the same.
+def _deflate_batch(batch: list[ArchiveEntry]) -> list[Deflated]:
+    return [_deflate_entry(entry) for entry in batch]
 
-    zipfile has no public way to add already-compressed data, so this does what its own
-    writer does after compressing (ZipFile._open_to_write / _ZipWriteFile.close): the local
-    header with the final CRC and sizes, the data, then the bookkeeping for the central
-    directory. Sizes are known up front, so no data descriptor is written.
-    """
-    deflated = entry.deflated() if entry.deflated is not None else None
-    if deflated is None:
-        if entry.size > WHOLE_ENTRY_LIMIT:
-            _stream_entry(archive, entry)  # chosen by size alone, so still deterministic
-            return
-        deflated = deflate(entry.chunks())
+
+def _deflate_entry(entry: ArchiveEntry) -> Deflated:
+    deflated = deflate(entry.chunks())
     if deflated.size != entry.size:
         raise ValueError(f"{entry.path!r}: declared {entry.size} bytes, content had "
                          f"{deflated.size}")
-    info = _zip_info(entry)
-    info.CRC = deflated.crc
-    info.compress_size = len(deflated.data)
-    info.flag_bits = 0
-    zip64 = max(info.file_size, info.compress_size) > zipfile.ZIP64_LIMIT
-    info.header_offset = archive.fp.tell()  # type: ignore[union-attr]
-    archive._writecheck(info)  # type: ignore[attr-defined]
-    archive._didModify = True  # type: ignore[attr-defined]
-    archive.fp.write(info.FileHeader(zip64))  # type: ignore[union-attr]
-    archive.fp.write(deflated.data)  # type: ignore[union-attr]
-    archive.start_dir = archive.fp.tell()  # type: ignore[attr-defined,union-attr]
-    archive.filelist.append(info)
-    archive.NameToInfo[info.filename] = info
+    return deflated
 
 
-def _stream_entry(archive: zipfile.ZipFile, entry: ArchiveEntry) -> None:
-    """A large entry (a big binary) is compressed as it streams, with a data descriptor."""
-    written = 0
-    with archive.open(_zip_info(entry), "w") as target:
+_DATE, _TIME = dos_date_time(FIXED_DATE_TIME)
+_EXTERNAL_ATTR = FILE_MODE << 16
+COPY_CHUNK_BYTES = 1024 * 1024
+
+
+class _ZipWriter:
+    """Writes local records in order, coalescing copies of adjacent base records into one
+    read, then the central directory and end records."""
+
+    def __init__(self, sink: _HashingSink, base: BinaryIO | None) -> None:
+        self._sink = sink
+        self._base = base
+        self._central: list[bytes] = []
+        self._offset = 0  # where the next record starts, pending copies included
+        self._copy_from = self._copy_to = 0
+
+    def add(self, entry: ArchiveEntry, deflated: Deflated | None) -> None:
+        if entry.base is not None:
+            self._copy(entry.base)
+        elif deflated is not None:
+            self._flush_copy()
+            self._write_whole(entry.path, deflated)
+        else:
+            self._flush_copy()
+            self._write_streamed(entry)
+
+    def finish(self) -> ZipDigest:
+        self._flush_copy()
+        directory = b"".join(self._central)
+        self._sink.write(directory)
+        self._sink.write(end_records(len(self._central), self._offset, len(directory)))
+        return self._sink.digest()
+
+    def _record(self, record: ZipRecord, length: int) -> None:
+        """Note a record written (or about to be copied) at the current offset."""
+        self._central.append(central_entry(record, self._offset, _DATE, _TIME, UNIX,
+                                           _EXTERNAL_ATTR))
+        self._offset += length
+
+    def _write_whole(self, path: str, deflated: Deflated) -> None:
+        name, flags = encode_name(path)
+        record = ZipRecord(name, flags, deflated.crc, len(deflated.data), deflated.size)
+        zip64 = max(record.size, record.compressed_size) > ZIP64_LIMIT
+        header = local_header(record, _DATE, _TIME, zip64=zip64)
+        self._sink.write(header)
+        self._sink.write(deflated.data)
+        self._record(record, len(header) + len(deflated.data))
+
+    def _write_streamed(self, entry: ArchiveEntry) -> None:
+        """A large entry (a big binary) is compressed as it streams; its CRC and sizes
+        follow in a data descriptor. zip64 is chosen from the declared size, as zipfile does."""
+        name, flags = encode_name(entry.path)
+        flags |= DATA_DESCRIPTOR
+        zip64 = entry.size * 1.05 > ZIP64_LIMIT
+        header = local_header(ZipRecord(name, flags, 0, 0, 0), _DATE, _TIME, zip64=zip64)
+        self._sink.write(header)
+        compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        crc = size = compressed = 0
         for chunk in entry.chunks():
-            target.write(chunk)
-            written += len(chunk)
-    if written != entry.size:
-        raise ValueError(f"{entry.path!r}: declared {entry.size} bytes, content had {written}")
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            data = compressor.compress(chunk)
+            compressed += len(data)
+            self._sink.write(data)
+        data = compressor.flush()
+        compressed += len(data)
+        self._sink.write(data)
+        if size != entry.size:
+            raise ValueError(f"{entry.path!r}: declared {entry.size} bytes, content had {size}")
+        if not zip64 and max(size, compressed) > ZIP64_LIMIT:
+            raise ValueError(f"{entry.path!r}: larger than its declared size allows")
+        record = ZipRecord(name, flags, crc, compressed, size)
+        descriptor = data_descriptor(record, zip64=zip64)
+        self._sink.write(descriptor)
+        self._record(record, len(header) + compressed + len(descriptor))
+
+    def _copy(self, base: BaseRecord) -> None:
+        if self._base is None:
+            raise ValueError("an entry has a base record but no base zip was given")
+        if base.record.offset != self._copy_to:
+            self._flush_copy()
+            self._copy_from = self._copy_to = base.record.offset
+        self._copy_to += base.length
+        self._record(base.record, base.length)
+
+    def _flush_copy(self) -> None:
+        if self._copy_to == self._copy_from or self._base is None:
+            return
+        self._base.seek(self._copy_from)
+        remaining = self._copy_to - self._copy_from
+        while remaining:
+            chunk = self._base.read(min(remaining, COPY_CHUNK_BYTES))
+            if not chunk:
+                raise CorruptZip("the base zip ended inside a record")
+            self._sink.write(chunk)
+            remaining -= len(chunk)
+        self._copy_from = self._copy_to
+
+
+def base_records(base: BinaryIO) -> dict[str, BaseRecord]:
+    """The local records of a zip this module wrote, by path, with their lengths."""
+    records, directory_offset = read_records(base)
+    ends = [record.offset for record in records[1:]] + [directory_offset]
+    return {record.name.decode("utf-8"): BaseRecord(record, end - record.offset)
+            for record, end in zip(records, ends, strict=True)}
 
 
 _SHA256 = r"^[0-9a-f]{64}$"

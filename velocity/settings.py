@@ -68,9 +68,6 @@ class Settings(BaseSettings):
         description="Frames queued per connection before a slow consumer is disconnected.")
     realtime_idle_timeout_seconds: float = Field(
         default=60.0, gt=0, description="A socket silent this long (no heartbeat) is closed.")
-    snapshot_cache_bytes: int = Field(
-        default=1024 * 1024 * 1024, ge=0,
-        description="Disk for compressed snapshot entries (under home), reused across builds.")
     snapshot_url_ttl_seconds: int = Field(
         default=900, ge=30, description="Lifetime of signed snapshot and binary-file URLs.")
     docker_host: str | None = Field(

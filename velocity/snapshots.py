@@ -5,22 +5,25 @@ current files from a server-side cursor into the zip, so every event up to the w
 in the zip and none after it. The zip is spooled to a temporary file (memory stays bounded
 whatever the project's size) and uploaded with its manifest; then a `project_snapshots` row
 and a `snapshot:ready` event are recorded together. When no file changed since the last
-snapshot, that one is returned and nothing is built or uploaded.
+snapshot, that one is returned and nothing is built or uploaded. Otherwise the last snapshot
+is the base of the new one: each unchanged file's record is copied from its zip, and only
+changed files are read and compressed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import struct
+import hashlib
+import io
+import json
+import logging
 import tempfile
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -28,24 +31,24 @@ import psycopg
 from pydantic import BaseModel
 
 from velocity.archive import (
-    COMPRESS_LEVEL,
-    WHOLE_ENTRY_LIMIT,
     ArchiveEntry,
-    Deflated,
+    BaseRecord,
     Manifest,
-    ManifestFile,
-    deflate,
+    base_records,
     snapshot_manifest_key,
     write_snapshot_zip,
 )
 from velocity.db import Database
 from velocity.errors import NotFound
-from velocity.settings import Settings
-from velocity.storage import ObjectStore
+from velocity.storage import ObjectNotFound, ObjectStore, Readable, copy_stream
+from velocity.zipformat import CorruptZip
+
+log = logging.getLogger("velocity.snapshots")
 
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 CURSOR_BATCH_ROWS = 200
 BINARY_CHUNK_BYTES = 1024 * 1024
+BASE_READ_BYTES = 1024 * 1024
 
 
 class SnapshotResult(BaseModel):
@@ -70,12 +73,13 @@ class _ProjectSeqs:
 
 
 def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
-                   force: bool = False, cache: EntryCache | None = None) -> SnapshotResult:
+                   force: bool = False) -> SnapshotResult:
     """Build (or reuse) the snapshot of a project's current files.
 
-    `force` builds a new zip even if the last one matches, e.g. when its object was lost.
-    With a `cache`, files whose compressed bytes it holds are neither read nor compressed
-    again: a rebuild after a few edits costs a metadata scan and the changed files.
+    `force` builds a new zip from the database alone, even if the last one matches (e.g.
+    when its object was lost). Otherwise the latest snapshot, once its zip is verified
+    against its sha256, serves as the base: a rebuild after a few edits costs a metadata
+    scan, a copy of the base and the changed files. Both give the same bytes.
     """
     started = time.perf_counter()
     project_id = UUID(str(project_id))
@@ -86,21 +90,21 @@ def build_snapshot(db: Database, store: ObjectStore, project_id: UUID | str, *,
     if reused is not None:
         _mark_used(db, reused.snapshot_id)
         return reused.model_copy(update={"seconds": time.perf_counter() - started})
-    with db.pool.connection() as conn, conn.transaction():
+    with db.pool.connection() as conn, conn.transaction(), contextlib.ExitStack() as stack:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         seqs = _project_seqs(conn, project_id)
+        base = None if force else _open_base(stack, store, _latest_snapshot(conn, project_id))
         snapshot_id = uuid.uuid4()
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
-            listed: list[ManifestFile] = []
-            entries = _current_file_entries(conn, store, project_id, listed, cache)
-            digest = write_snapshot_zip(entries, spool, presorted=True)
-            spool.seek(0)
-            manifest = Manifest(project_id=project_id, snapshot_id=snapshot_id,
-                                watermark=seqs.watermark, sha256=digest.sha256,
-                                size=digest.size, files=listed)
-            store.put(manifest.zip_key, spool, content_type="application/zip")  # type: ignore[arg-type]
-    if cache is not None:
-        cache.trim()
+        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES))
+        listed: list[dict[str, object]] = []
+        entries = _current_file_entries(conn, store, project_id, listed, base)
+        digest = write_snapshot_zip(entries, spool, presorted=True,
+                                    base=base.file if base is not None else None)
+        spool.seek(0)
+        manifest = Manifest.model_validate({
+            "project_id": project_id, "snapshot_id": snapshot_id, "watermark": seqs.watermark,
+            "sha256": digest.sha256, "size": digest.size, "files": listed})
+        store.put(manifest.zip_key, spool, content_type="application/zip")  # type: ignore[arg-type]
     store.put_bytes(manifest.manifest_key, manifest.dump_json(), content_type="application/json")
     with db.transaction() as conn:
         conn.execute(
@@ -158,125 +162,100 @@ def _reusable_snapshot(conn: psycopg.Connection, project_id: UUID,
                           storage_key=storage_key, manifest_key=manifest_key, seconds=0.0)
 
 
+@dataclass(frozen=True)
+class _BaseSnapshot:
+    """The latest snapshot's zip, open and verified, with its files' hashes and records."""
+
+    file: BinaryIO
+    sha256s: dict[str, str]
+    records: dict[str, BaseRecord]
+
+    def record_for(self, path: str, sha256: str) -> BaseRecord | None:
+        """The base's record of this path if it holds exactly this content."""
+        return self.records.get(path) if self.sha256s.get(path) == sha256 else None
+
+
+def _latest_snapshot(conn: psycopg.Connection, project_id: UUID) -> tuple[str, ...] | None:
+    return conn.execute(
+        "SELECT id::text, sha256, storage_key, manifest_key FROM project_snapshots"
+        " WHERE project_id = %s ORDER BY file_seq DESC, created_at DESC LIMIT 1",
+        (project_id,)).fetchone()
+
+
+def _open_base(stack: contextlib.ExitStack, store: ObjectStore,
+               latest: tuple[str, ...] | None) -> _BaseSnapshot | None:
+    """The latest snapshot as a base, or None (then every file is read and compressed) if
+    there is none or its objects are missing, altered or unreadable."""
+    if latest is None:
+        return None
+    snapshot_id, sha256, zip_key, manifest_key = latest
+    try:
+        files = json.loads(store.get(manifest_key))["files"]
+        stream = stack.enter_context(store.open(zip_key))
+        base = _as_seekable_file(stack, stream)
+        if _sha256_of(base) != sha256:
+            raise CorruptZip("its sha256 differs from the one recorded")
+        records = base_records(base)
+    except (ObjectNotFound, CorruptZip, ValueError, KeyError, TypeError) as error:
+        log.warning("snapshot %s cannot be the base of the next one (%s); "
+                    "building from the database alone", snapshot_id, error)
+        return None
+    return _BaseSnapshot(base, {file["path"]: file["sha256"] for file in files}, records)
+
+
+def _as_seekable_file(stack: contextlib.ExitStack, stream: Readable) -> BinaryIO:
+    """The object itself when it is a local file (the local store), else a local copy."""
+    if isinstance(stream, io.BufferedReader) and stream.seekable():
+        return stream
+    copy = stack.enter_context(tempfile.TemporaryFile())
+    copy_stream(stream, copy)
+    return copy
+
+
+def _sha256_of(file: BinaryIO) -> str:
+    file.seek(0)
+    digest = hashlib.sha256()
+    while chunk := file.read(BASE_READ_BYTES):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_id: UUID,
-                          listed: list[ManifestFile],
-                          cache: EntryCache | None) -> Iterator[ArchiveEntry]:
-    """Archive entries in path (byte) order, reading content only for cache misses.
+                          listed: list[dict[str, object]],
+                          base: _BaseSnapshot | None) -> Iterator[ArchiveEntry]:
+    """Archive entries in path (byte) order, reading content only for files the base lacks.
 
     The metadata of every current file is read first (small: no content); then the content
-    of the text files the cache lacks streams from a server-side cursor in the same order,
-    in the same REPEATABLE READ transaction. `listed` collects the manifest lines.
+    of the changed text files streams from a server-side cursor in the same order, in the
+    same REPEATABLE READ transaction. `listed` collects the manifest lines (plain dicts:
+    the manifest validates them at once, far faster than one model at a time).
     """
     rows = conn.execute(
         "SELECT id, file_path, content_hash, size_bytes, storage_key, version FROM project_files"
         " WHERE project_id = %s AND is_current_version AND NOT is_deleted ORDER BY file_path",
         (project_id,)).fetchall()
-    missing = [row[0] for row in rows
-               if row[4] is None and (cache is None or not cache.holds(row[2]))]
+    from_base = {} if base is None else {
+        row[0]: record for row in rows if (record := base.record_for(row[1], row[2]))}
+    changed = [row[0] for row in rows if row[4] is None and row[0] not in from_base]
     with conn.cursor(name=f"snapshot_{uuid.uuid4().hex}") as cursor:
         cursor.itersize = CURSOR_BATCH_ROWS
         cursor.execute("SELECT id, content FROM project_files WHERE id = ANY(%s)"
-                       " ORDER BY file_path", (missing,))
+                       " ORDER BY file_path", (changed,))
         contents = iter(cursor)
-        wanted = set(missing)
         for file_id, path, sha256, size, storage_key, version in rows:
-            listed.append(ManifestFile(path=path, sha256=sha256, size=size, version=version))
-            if storage_key is not None:
-                yield _cached(ArchiveEntry(path, size, partial(_object_chunks, store, storage_key)),
-                              sha256, cache)
-            elif file_id in wanted:
+            listed.append({"path": path, "sha256": sha256, "size": size, "version": version})
+            if file_id in from_base:
+                yield ArchiveEntry(path, size, _no_content, base=from_base[file_id])
+            elif storage_key is not None:
+                yield ArchiveEntry(path, size, partial(_object_chunks, store, storage_key))
+            else:
                 found_id, content = next(contents)
                 assert found_id == file_id, "content rows out of step with metadata"
-                yield _cached(ArchiveEntry.from_bytes(path, content.encode()), sha256, cache)
-            else:
-                yield ArchiveEntry(path, size, partial(_content_of, conn, file_id),
-                                   deflated=partial(_from_cache_only, cache, sha256))
+                yield ArchiveEntry.from_bytes(path, content.encode())
 
 
-def _cached(entry: ArchiveEntry, sha256: str, cache: EntryCache | None) -> ArchiveEntry:
-    """An entry whose deflate stream is taken from, or else added to, the cache."""
-    if cache is None or entry.size > WHOLE_ENTRY_LIMIT:
-        return entry
-
-    def deflated() -> Deflated:
-        found = cache.get(sha256)
-        if found is None:
-            found = deflate(entry.chunks())
-            cache.put(sha256, found)
-        return found
-
-    return replace(entry, deflated=deflated)
-
-
-def _from_cache_only(cache: EntryCache | None, sha256: str) -> Deflated | None:
-    """The cached stream, or None if the cache lost it since holds() said yes (the entry then
-    reads its content from the database)."""
-    return cache.get(sha256) if cache is not None else None
-
-
-def _content_of(conn: psycopg.Connection, file_id: UUID) -> Iterator[bytes]:
-    (content,) = conn.execute("SELECT content FROM project_files WHERE id = %s",
-                              (file_id,)).fetchone()  # type: ignore[misc]
-    yield content.encode()
-
-
-class EntryCache:
-    """Compressed snapshot entries on local disk, keyed by the content's sha256.
-
-    Entries are content-addressed, so a hit is always right; the directory name carries the
-    zlib version and level, so a cached stream equals a fresh one. Oldest files go first
-    when the cache outgrows `max_bytes`.
-    """
-
-    _HEADER = struct.Struct("<IQ")  # crc32, uncompressed size
-
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root / f"zlib-{zlib.ZLIB_RUNTIME_VERSION}-level-{COMPRESS_LEVEL}"
-        self._root = os.fspath(self.root)
-        self.max_bytes = max_bytes
-
-    def _path(self, sha256: str) -> str:
-        # Plain strings: a rebuild looks up every file twice, and pathlib objects cost more
-        # than the lookups themselves (profiled on a 10,000-file project).
-        return os.path.join(self._root, sha256[:2], sha256)
-
-    def holds(self, sha256: str) -> bool:
-        return os.path.exists(self._path(sha256))
-
-    def get(self, sha256: str) -> Deflated | None:
-        try:
-            with open(self._path(sha256), "rb") as handle:
-                raw = handle.read()
-        except FileNotFoundError:
-            return None
-        crc, size = self._HEADER.unpack_from(raw)
-        return Deflated(crc, size, raw[self._HEADER.size:])
-
-    def put(self, sha256: str, deflated: Deflated) -> None:
-        path = Path(self._path(sha256))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        temporary.write_bytes(self._HEADER.pack(deflated.crc, deflated.size) + deflated.data)
-        os.replace(temporary, path)
-
-    def trim(self) -> None:
-        if not self.root.exists():
-            return
-        files = [entry for shard in os.scandir(self.root) if shard.is_dir()
-                 for entry in os.scandir(shard.path) if entry.is_file()]
-        total = sum(entry.stat().st_size for entry in files)
-        if total <= self.max_bytes:
-            return
-        for entry in sorted(files, key=lambda e: e.stat().st_mtime):
-            if total <= self.max_bytes * 0.8:
-                break
-            total -= entry.stat().st_size
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-
-
-def open_entry_cache(settings: Settings) -> EntryCache:
-    return EntryCache(settings.home / "snapshot-cache", settings.snapshot_cache_bytes)
+def _no_content() -> Iterator[bytes]:
+    raise AssertionError("an entry copied from the base zip is never read")
 
 
 def _object_chunks(store: ObjectStore, key: str) -> Iterator[bytes]:

@@ -11,7 +11,7 @@ from velocity.db import Database
 from velocity.realtime.connection import serve_websocket
 from velocity.realtime.hub import Hub
 from velocity.settings import Settings
-from velocity.snapshots import build_snapshot, open_entry_cache, snapshot_url
+from velocity.snapshots import build_snapshot, snapshot_url
 from velocity.storage import ObjectStore
 
 WEBSOCKET_PATH = "/realtime/v1/websocket"
@@ -19,12 +19,11 @@ WEBSOCKET_PATH = "/realtime/v1/websocket"
 
 def make_hub(settings: Settings, database_url: str, store: ObjectStore) -> Hub:
     snapshots_db: list[Database] = []
-    cache = open_entry_cache(settings)
 
     def build(project_id: UUID) -> dict[str, Any]:
         if not snapshots_db:
             snapshots_db.append(Database(database_url, max_size=2))
-        result = build_snapshot(snapshots_db[0], store, project_id, cache=cache)
+        result = build_snapshot(snapshots_db[0], store, project_id)
         return {"url": snapshot_url(store, result, settings.snapshot_url_ttl_seconds),
                 "sha256": result.sha256, "watermark": result.watermark,
                 "snapshot_id": str(result.snapshot_id)}
