@@ -303,3 +303,88 @@ def snapshot_build(
             "reused": result.reused, "url": store.signed_url(result.storage_key, ttl),
             "seconds": round(result.seconds, 4)}
     _emit(as_json, data, "\n".join(f"{key}: {value}" for key, value in data.items()))
+
+
+@app.command("adopt")
+@clear_errors
+def adopt_command(
+    from_database: Annotated[str | None, typer.Option(
+        "--from-database", metavar="URL",
+        help="Legacy PostgreSQL whose project_files (rich, RLS or path/type variant) is "
+        "adopted; read in read-only transactions.")] = None,
+    from_storage: Annotated[str | None, typer.Option(
+        "--from-storage", metavar="URL",
+        help="Legacy bucket laid out {project_id}/{file_path}, e.g. "
+        "s3://project-files?endpoint=URL (or local:///dir); never written.")] = None,
+    project: Annotated[list[str] | None, typer.Option(
+        "--project", metavar="ID", help="Adopt only this project; repeatable.")] = None,
+    fix_paths: Annotated[bool, typer.Option(
+        "--fix-paths", help="Normalise fixable paths (backslashes, leading or trailing "
+        "slashes, empty and '.' segments) instead of rejecting them.")] = False,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", metavar="USER_ID", help="Owner of projects the target lacks when the "
+        "source names no owner the target knows.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Change nothing; report what would be adopted.")] = False,
+    undo: Annotated[str | None, typer.Option(
+        "--undo", metavar="BATCH_ID", help="Remove exactly what that batch added, or refuse "
+        "and change nothing if later writes came after it.")] = None,
+    database_url_option: DatabaseUrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Adopt legacy project files into this database as one batch (undoable), or undo one.
+
+    Versions, authors and timestamps are kept; every path is checked as the RPCs check it;
+    the report lists conflicts, rejected paths and stored hashes that were wrong. Exit code 1
+    when a project failed (the rest is adopted; running again adopts what is missing).
+    """
+    from rich.progress import Progress
+
+    from velocity.adoption import (
+        AdoptionOptions,
+        LegacySources,
+        adopt,
+        render_report,
+        undo_batch,
+    )
+    from velocity.settings import get_settings
+    from velocity.storage import open_store
+
+    def parse_id(text: str, what: str) -> UUID:
+        try:
+            return UUID(text)
+        except ValueError:
+            raise VelocityError(f"{what}: {text!r} is not an id") from None
+
+    if undo is not None:
+        if from_database or from_storage or project or fix_paths or owner or dry_run:
+            raise VelocityError("--undo takes only --database-url and --json")
+        with Database(_url(database_url_option), max_size=1) as db:
+            undone = undo_batch(db, open_store(), parse_id(undo, "--undo"))
+        _emit(as_json, undone.model_dump(mode="json"), "\n".join(
+            [f"batch {undone.batch_id} undone"]
+            + [f"project {p.project_id}: {p.files_removed} file version(s) and "
+               f"{p.events_removed} event(s) removed"
+               + (", project removed" if p.project_removed else "") for p in undone.projects]
+            + [f"{len(undone.objects_removed)} copied object(s) removed"]))
+        return
+    options = AdoptionOptions(
+        project_ids=[parse_id(p, "--project") for p in project] if project else None,
+        fix_paths=fix_paths, owner=parse_id(owner, "--owner") if owner else None,
+        dry_run=dry_run)
+    sources = LegacySources.open(from_database, from_storage, get_settings())
+    with Database(_url(database_url_option), max_size=2) as db, \
+            Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+        bar = progress.add_task("adopting", total=None)
+
+        def advance(index: int, total: int, project_id: UUID) -> None:
+            progress.update(bar, total=total, completed=index,
+                            description=f"project {project_id}")
+
+        report = adopt(db, open_store(), sources, options, on_project=advance)
+    if as_json:
+        sys.stdout.write(report.model_dump_json() + "\n")
+    else:
+        render_report(Console(), report)
+    if report.totals.projects_failed:
+        raise typer.Exit(1)
