@@ -8,6 +8,7 @@ down. Real PostgreSQL, the real service app under uvicorn, the shared Prefect se
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +295,24 @@ async def test_provisioning_when_the_engine_is_down_fails_cleanly(
     assert row.status == "error" and row.token_jti is None
     assert row.error_message and "start-container failed" in row.error_message
     assert "Docker engine" in row.error_message
+
+
+async def test_the_docker_pool_job_template_renders_for_prefect_docker(prefect_server,
+                                                                       monkeypatch):
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from deployments.manifest import ROOT
+
+    monkeypatch.setenv("VELOCITY_DOCKER_HOST", "tcp://engine.internal:2375")
+    template = json.loads((ROOT / "deployments/docker-job-template.json").read_text())
+    job = await DockerWorkerJobConfiguration.from_template_and_values(template, {
+        "volumes": ["/var/run/docker.sock:/var/run/docker.sock"], "group_add": ["998"]})
+    assert job.env["VELOCITY_DOCKER_HOST"] == "tcp://engine.internal:2375"
+    assert {"VELOCITY_DOCKER_IMAGE", "VELOCITY_FLY_APP", "VELOCITY_FLY_API_TOKEN"} <= set(job.env)
+    assert not any("JWT" in name or "SERVICE_KEY" in name for name in job.env)
+    assert job.volumes == ["/var/run/docker.sock:/var/run/docker.sock"]
+    assert job.network_mode == "host" and job.mem_limit == job.memswap_limit == "1g"
+    create = job.container_create_kwargs
+    assert create["read_only"] is True and create["cap_drop"] == ["ALL"]
+    assert create["security_opt"] == ["no-new-privileges:true"]
+    assert create["user"] == "10001:10001" and create["group_add"] == ["998"]

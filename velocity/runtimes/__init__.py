@@ -39,7 +39,7 @@ def _docker_runtime(settings: Settings) -> Runtime:
     from velocity.runtimes.docker import DockerRuntime, default_agent_image
 
     return DockerRuntime(settings.docker_image or default_agent_image(),
-                         docker_host=settings.docker_host, memory=settings.docker_memory,
+                         docker_host=settings.docker_host or None, memory=settings.docker_memory,
                          cpus=settings.docker_cpus, pids_limit=settings.docker_pids_limit,
                          tmp_size=settings.docker_tmp_size,
                          workspace_root=settings.docker_workspace_root)
