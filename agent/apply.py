@@ -110,14 +110,23 @@ class ProjectWriter:
         """Apply items as one unit: stage every write, then delete, then rename every write."""
         outcome = ApplyOutcome()
         plan = self._plan(items, outcome)
+        deleted = {item.path for item in plan if item.action == "delete"}
+        # A file the unit deletes may be a directory of a write in it (`a` deleted, `a/b`
+        # written): such writes are staged once the deletes have made room for the directory.
+        after_deletes = [item for item in plan if item.action == "update"
+                         and any("/".join(item.parts[:n]) in deleted
+                                 for n in range(1, len(item.parts)))]
+        waiting = {item.path for item in after_deletes}
         staged: list[_Staged] = []
         try:
             for item in plan:
-                if item.action == "update":
+                if item.action == "update" and item.path not in waiting:
                     await self._stage_update(item, staged, outcome)
             for item in plan:
                 if item.action == "delete":
                     self._delete(item, outcome)
+            for item in after_deletes:
+                await self._stage_update(item, staged, outcome)
             for entry in staged:
                 self._commit(entry)
                 outcome.written += 1
