@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api import Services, api_router, install_error_handlers
 from orchestrator.metrics import Metrics, metrics_router
+from orchestrator.play import play_router
 from orchestrator.workflows import WorkflowRunner, make_runner
 from velocity.db import Database, database_url
 from velocity.download import download_router
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None,
         app.include_router(download_router(store))
     app.include_router(api_router())
     app.include_router(metrics_router(metrics))
+    app.include_router(play_router())
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, object]:

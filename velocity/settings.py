@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Every secret the embedded stack generates when its setting is unset. Only ever append: a
@@ -122,6 +124,18 @@ class Settings(BaseSettings):
         "process; `deployment` submits them to their deployments for workers to pick up.")
     default_runtime: str = Field(
         default="process", description="Runtime of a preview session that names none.")
+    dev_login: bool = Field(
+        default=False, description="`POST /play/api/dev-login` mints a user token for any "
+        "email, creating the user: for the embedded stack only. Allowed only when public_url "
+        "is a loopback address, and answered only to loopback clients.")
+
+    @model_validator(mode="after")
+    def _dev_login_only_on_loopback(self) -> Settings:
+        if self.dev_login and not is_loopback_url(self.public_url):
+            raise ValueError(f"VELOCITY_DEV_LOGIN lets anyone sign in as anyone: it is allowed "
+                             f"only on the embedded stack, whose VELOCITY_PUBLIC_URL is a "
+                             f"loopback address, not {self.public_url!r}")
+        return self
 
     @cached_property
     def generated_secrets(self) -> dict[str, str]:
@@ -188,6 +202,20 @@ class Settings(BaseSettings):
 
     def storage_url(self) -> str:
         return self.storage or f"local://{(self.home / 'storage').resolve()}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address) can only be reached from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_url(url: str) -> bool:
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,72 @@
+"""Headless Chromium for tests: Debian's system browser driven by Playwright (nothing is
+downloaded), and helpers to read the play page."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from .helpers import require_tool
+
+# As root Chromium needs --no-sandbox; on this closed network the background services'
+# connections are refused, so they are switched off rather than left to retry.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+VIEWPORT = {"width": 1400, "height": 820}
+
+
+@contextmanager
+def chromium(why: str) -> Iterator[Browser]:
+    executable = require_tool("chromium", why)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def signed_in_context(browser: Browser, origin: str, token: str | None = None
+                      ) -> BrowserContext:
+    """A fresh profile; with `token`, pages of `origin` find it where the sign-in form
+    stores one (the preview iframe, another origin, is left alone)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    context.on("page", _report_page_errors)
+    if token is not None:
+        context.add_init_script(
+            f"if (location.origin === {origin!r}) "
+            f"localStorage.setItem('velocity.accessToken', {token!r});")
+    return context
+
+
+def _report_page_errors(page: Page) -> None:
+    """Print the page's script errors and console errors into the test's captured output."""
+    page.on("pageerror", lambda error: print(f"[{page.url}] page error: {error}"))
+    page.on("console", lambda message: message.type == "error"
+            and print(f"[{page.url}] console error: {message.text}"))
+
+
+def file_button(page: Page, path: str):
+    return page.locator(f'#file-tree button[data-path="{path}"]')
+
+
+def editor_text(page: Page) -> str:
+    return page.locator("#editor").input_value()
+
+
+def replace_in_editor(page: Page, old: str, new: str) -> None:
+    """Select `old` in the editor and type `new` over it, key by key, as a person would."""
+    editor = page.locator("#editor")
+    editor.click()
+    found = editor.evaluate(
+        """(node, old) => {
+             const at = node.value.indexOf(old);
+             if (at < 0) return false;
+             node.setSelectionRange(at, at + old.length);
+             return true;
+           }""", old)
+    assert found, f"{old!r} is not in the editor"
+    page.keyboard.type(new)
