@@ -58,6 +58,7 @@ BULK_GENERATE = Workflow("bulk-generate", "flows.generation", "bulk_generate",
 ROLLOUT_FLAG = Workflow("rollout-flag", "flows.rollout", "rollout_flag", tags=("flags",))
 CLEANUP = Workflow("cleanup", "flows.cleanup", "cleanup", schedule="* * * * *",
                    concurrency_limit=1, tags=("maintenance",))
+ADOPT_LEGACY = Workflow("adopt-legacy", "flows.adoption", "adopt_legacy", tags=("files",))
 
 WORKFLOWS: tuple[Workflow, ...] = (
     PROVISION_SESSION,
@@ -66,6 +67,7 @@ WORKFLOWS: tuple[Workflow, ...] = (
     BULK_GENERATE,
     ROLLOUT_FLAG,
     CLEANUP,
+    ADOPT_LEGACY,
 )
 
 _BY_NAME = {workflow.name: workflow for workflow in WORKFLOWS}

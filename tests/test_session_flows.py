@@ -357,7 +357,7 @@ async def test_stop_session_of_a_session_still_creating(prefect_server, configur
 def test_the_catalogue_names_every_flow():
     assert [workflow.name for workflow in WORKFLOWS] == [
         "provision-session", "stop-session", "build-snapshot", "bulk-generate", "rollout-flag",
-        "cleanup"]
+        "cleanup", "adopt-legacy"]
     assert by_name("cleanup").schedule == "* * * * *"
     for workflow in WORKFLOWS:
         if importlib.util.find_spec(workflow.module) is None:

@@ -19,7 +19,7 @@ from velocity.adoption.sources import (
     redacted_url,
 )
 from velocity.db import Database
-from velocity.errors import InvalidInput, VelocityError
+from velocity.errors import InvalidInput
 from velocity.settings import Settings
 from velocity.storage import ObjectStore, store_from_url
 
@@ -109,8 +109,9 @@ def adopt(db: Database, store: ObjectStore, sources: LegacySources, options: Ado
             on_project(index, len(found.project_ids), project_id)
         try:
             outcome = adopt_project(db, store, sources, options, project_id, report.batch_id)
-        except VelocityError as error:
-            outcome = ProjectReport(project_id=project_id, status="failed", reason=str(error))
+        except Exception as error:  # one project's failure must not stop the others
+            outcome = ProjectReport(project_id=project_id, status="failed",
+                                    reason=f"{type(error).__name__}: {error}")
         report.projects.append(outcome)
     if report.batch_id is not None:
         close_batch(db, report)
