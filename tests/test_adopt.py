@@ -461,3 +461,49 @@ def test_a_concurrent_write_fails_the_project_not_the_batch(db, people, target_s
     finally:
         drop_database(pg_server_url, url)
 
+
+
+def test_undo_is_refused_while_a_session_is_live_or_members_were_added(
+        db, people, target_store, pg_server_url):
+    """Undo must not pull files from under a running preview, nor delete a project someone
+    was invited to; once neither holds (an ended session does not count), it removes the
+    batch exactly."""
+    kept, created = accounts.create_project(db, "Kept", people.alice), uuid.uuid4()
+    url = new_database(pg_server_url, "undo")
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE project_files (project_id uuid, path text, type text,"
+                         " content text)")
+            conn.execute("INSERT INTO project_files VALUES (%s, 'a.txt', NULL, 'kept'),"
+                         " (%s, 'b.txt', NULL, 'created')", (kept, created))
+        before = target_fingerprint(db, target_store)
+        report = adopt(db, target_store, LegacySources.open(url, None, Settings()),
+                       AdoptionOptions(owner=people.alice))
+        assert [p.status for p in sorted(report.projects, key=lambda p: p.project_id != kept)
+                ] == ["imported", "created"]
+        assert report.batch_id is not None
+        with db.transaction() as conn:
+            (session,) = conn.execute(
+                "INSERT INTO preview_sessions (user_id, project_id, status) VALUES (%s, %s,"
+                " 'active') RETURNING id", (people.alice, kept)).fetchone()  # type: ignore[misc]
+            conn.execute("INSERT INTO project_members VALUES (%s, %s, 'editor')",
+                         (created, people.bob))
+        refused_state = target_fingerprint(db, target_store)
+        with pytest.raises(UndoRefused) as refusal:
+            undo_batch(db, target_store, report.batch_id)
+        assert sorted(refusal.value.facts["blocked"], key=lambda b: b["project_id"] != str(kept)
+                      ) == [
+            {"project_id": str(kept),
+             "reason": "1 preview session(s) are live and may hold its files"},
+            {"project_id": str(created),
+             "reason": "1 member(s) were added to the project it created"}]
+        assert target_fingerprint(db, target_store) == refused_state
+        with db.transaction() as conn:
+            conn.execute("UPDATE preview_sessions SET status = 'ended', ended_at = now()"
+                         " WHERE id = %s", (session,))
+            conn.execute("DELETE FROM project_members WHERE project_id = %s AND user_id = %s",
+                         (created, people.bob))
+        undo_batch(db, target_store, report.batch_id)
+        assert target_fingerprint(db, target_store) == before
+    finally:
+        drop_database(pg_server_url, url)
