@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from velocity.realtime.auth import JoinRefused, authorize, verify_token
@@ -16,6 +17,7 @@ from velocity.realtime.hub import Hub, Subscription
 from velocity.realtime.protocol import (
     PHOENIX_TOPIC,
     VERSIONS,
+    AgentStatusReport,
     Message,
     ProtocolError,
     Vsn,
@@ -32,7 +34,6 @@ CLOSE_SLOW_CONSUMER = 4008
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_IDLE = 4000
 CLOSE_INTERNAL_ERROR = 1011
-STATUS_FIELDS = ("ready", "applied_seq", "lag_ms", "dev_server", "error", "hydrations")
 
 
 class Connection:
@@ -181,9 +182,8 @@ class Connection:
         previous = self.subscriptions.get(message.topic)
         if previous is not None:
             self._drop(previous)
-        broadcast = (message.payload.get("config") or {}).get("broadcast") or {}
         subscription = Subscription(self, message.topic, project_id, principal, message.join_ref,
-                                    broadcast_self=bool(broadcast.get("self", False)))
+                                    broadcast_self=_broadcast_self(message.payload))
         head = await self.hub.subscribe(subscription, since_seq)
         self.subscriptions[message.topic] = subscription
         self.send_message(reply(message, "ok", {"postgres_changes": [],
@@ -253,7 +253,15 @@ class Connection:
         if not subscription.principal.is_container:
             self.send_message(reply(message, "error", {"reason": "not_an_agent"}))
             return
-        status: dict[str, Any] = {key: message.payload.get(key) for key in STATUS_FIELDS}
+        try:
+            report = AgentStatusReport.model_validate(message.payload)
+        except ValidationError as error:
+            self.send_message(reply(message, "error", {
+                "reason": "invalid_status",
+                "message": "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+                                     for item in error.errors(include_url=False))[:500]}))
+            return
+        status: dict[str, Any] = report.model_dump()
         status["reported_at"] = time.time()
         self.hub.record_status(subscription.principal.subject, status)
         self.send_message(reply(message, "ok", {}))
@@ -269,6 +277,13 @@ class Connection:
             self.send_message(reply(message, "error", {"reason": "snapshot_failed"}))
             return
         self.send_message(reply(message, "ok", snapshot))
+
+
+def _broadcast_self(payload: dict[str, Any]) -> bool:
+    """`config.broadcast.self`; anything but objects along the way means the default, False."""
+    config = payload.get("config")
+    broadcast = config.get("broadcast") if isinstance(config, dict) else None
+    return isinstance(broadcast, dict) and broadcast.get("self") is True
 
 
 def _since_seq(payload: dict[str, Any]) -> int | None:

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from velocity.jsontext import MalformedJson, loads_strict
+
 Vsn = Literal["1.0.0", "2.0.0"]
 VERSIONS: tuple[Vsn, ...] = ("1.0.0", "2.0.0")
 
@@ -29,11 +33,25 @@ class Message:
     join_ref: str | None = None
 
 
+class AgentStatusReport(BaseModel):
+    """A `velocity:status` payload (docs/realtime.md). The container runs user code, so the
+    numbers are bounded to what the session row's columns hold (bigint, integer)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ready: bool | None = None
+    applied_seq: int | None = Field(default=None, ge=0, lt=2**63)
+    lag_ms: float | None = Field(default=None, ge=0, lt=2**31, allow_inf_nan=False)
+    dev_server: str | None = None
+    error: str | None = None
+    hydrations: int | None = Field(default=None, ge=0, lt=2**31)
+
+
 def decode(raw: str, vsn: Vsn) -> Message:
     try:
-        data = json.loads(raw)
-    except ValueError as error:
-        raise ProtocolError(f"malformed JSON: {error}") from None
+        data = loads_strict(raw)
+    except MalformedJson as error:
+        raise ProtocolError(str(error)) from None
     if vsn == "2.0.0":
         if not isinstance(data, list) or len(data) != 5:
             raise ProtocolError("vsn 2.0.0 messages are [join_ref, ref, topic, event, payload]")

@@ -1,0 +1,1 @@
+"""The bad-input catalogue: one module per attacker-controlled input (index: README.md)."""

@@ -1,0 +1,73 @@
+"""Strict JSON for text from outside (request bodies, websocket frames): standard JSON only.
+
+Python's `json.loads` accepts `NaN` and `Infinity`, turns `1e999` into infinity, returns
+lone surrogates (`"\\ud800"`) that no UTF-8 database text can hold, and raises
+RecursionError, not ValueError, on deeply nested input. Each of those reached a handler
+that did not expect it; here every one is a `MalformedJson` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+MAX_DEPTH = 64
+
+
+class MalformedJson(ValueError):
+    """Text that is not standard, finite, valid-Unicode JSON of bounded depth."""
+
+
+def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """The JSON value of `text`, or MalformedJson saying what is wrong with it."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise MalformedJson(f"nested deeper than {max_depth} levels") from None
+    except MalformedJson:
+        raise
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise MalformedJson(f"malformed JSON: {error}") from None
+    _check(value, max_depth)
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedJson(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise MalformedJson(f"the number {text[:40]} is out of range")
+    return number
+
+
+def _check(value: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than `max_depth` and strings that are not valid Unicode."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise MalformedJson(f"nested deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                for key, member in item.items():
+                    _check_text(key)
+                    pending.append((member, depth + 1))
+            else:
+                pending.extend((member, depth + 1) for member in item)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise MalformedJson(
+            f"a string holds a lone surrogate ({text[error.start]!r}), which is not Unicode text"
+        ) from None
