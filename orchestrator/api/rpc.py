@@ -22,9 +22,12 @@ from starlette.concurrency import run_in_threadpool
 from orchestrator.api.auth import Caller, require_caller
 from orchestrator.api.context import database, services
 from orchestrator.api.errors import PostgrestError, PostgrestErrorBody
+from velocity.jsontext import MalformedJson, loads_strict
 
 ArgType = Literal["uuid", "text", "integer", "bigint", "jsonb", "text[]"]
 Shape = Literal["object", "array", "value"]
+# The SQL integer types' ranges: a JSON number outside one is 22003, as PostgreSQL says it.
+INTEGER_RANGES = {"integer": 2**31, "bigint": 2**63}
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,10 @@ async def _arguments(request: Request) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        arguments = json.loads(body)
-    except ValueError:
-        raise PostgrestError("PGRST102", 400, "Empty or invalid json") from None
+        arguments = loads_strict(body)
+    except MalformedJson as error:
+        raise PostgrestError("PGRST102", 400, "Empty or invalid json",
+                             details=str(error)[:200]) from None
     if not isinstance(arguments, dict):
         raise PostgrestError("PGRST102", 400, "Empty or invalid json",
                              details="the body must be a JSON object of named arguments")
@@ -163,6 +167,9 @@ def _bound(param: Param, value: Any) -> Any:
     if param.type in ("integer", "bigint"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise _wrong_type(param, value)
+        if not -INTEGER_RANGES[param.type] <= value < INTEGER_RANGES[param.type]:
+            raise PostgrestError("22003", 400, f"value \"{str(value)[:40]}\" is out of range "
+                                 f"for type {param.type}", details=f"argument {param.name}")
         return value
     if param.type == "text[]":
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
