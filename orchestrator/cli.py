@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -171,13 +172,28 @@ def up(
     port: Annotated[int, typer.Option(help="Port of the API.", min=1, max=65535)] = 8000,
     serve_flows: Annotated[bool, typer.Option(
         help="Also serve every flow's deployment (the cleanup schedule).")] = True,
+    dev_login: Annotated[bool | None, typer.Option(
+        "--dev-login/--no-dev-login",
+        help="Let /play sign anyone in by email (VELOCITY_DEV_LOGIN). Default: on when HOST "
+             "and VELOCITY_PUBLIC_URL are loopback addresses; refused otherwise.")] = None,
 ) -> None:
     """Run the whole stack on this machine until Ctrl-C: PostgreSQL, migrations, a Prefect
-    server on that PostgreSQL, the API with the realtime gateway, and flow serving."""
+    server on that PostgreSQL, the API with the realtime gateway and the /play page, and
+    flow serving."""
     import uvicorn
 
     from orchestrator.stack import EmbeddedStack, settings_for_address
+    from velocity.settings import is_loopback_host, is_loopback_url
 
+    public_url = os.environ.get("VELOCITY_PUBLIC_URL") or f"http://{host}:{port}"
+    only_here = is_loopback_host(host) and is_loopback_url(public_url)
+    if dev_login is None:
+        dev_login = only_here
+    elif dev_login and not only_here:
+        raise typer.BadParameter("the dev login signs anyone in as anyone: it needs a loopback "
+                                 f"HOST and public URL, not {host} and {public_url}",
+                                 param_hint="--dev-login")
+    os.environ["VELOCITY_DEV_LOGIN"] = "1" if dev_login else "0"
     settings = settings_for_address(host, port)
     stack = EmbeddedStack(settings)
     console = Console()
@@ -202,6 +218,8 @@ def up(
                 console.print(f"Realtime gateway {settings.realtime_url()}")
                 console.print(f"Prefect UI       {prefect.ui_url}")
                 console.print(f"Metrics          http://{host}:{port}/metrics")
+                console.print(f"Editor (play)    http://{host}:{port}/play"
+                              + ("  (dev login on)" if settings.dev_login else ""))
                 console.print("Press Ctrl-C to stop everything.")
 
         threading.Thread(target=announce_when_listening, daemon=True).start()
@@ -372,8 +390,8 @@ def adopt_command(
         project_ids=[parse_id(p, "--project") for p in project] if project else None,
         fix_paths=fix_paths, owner=parse_id(owner, "--owner") if owner else None,
         dry_run=dry_run)
-    sources = LegacySources.open(from_database, from_storage, get_settings())
-    with Database(_url(database_url_option), max_size=2) as db, \
+    with LegacySources.open(from_database, from_storage, get_settings()) as sources, \
+            Database(_url(database_url_option), max_size=2) as db, \
             Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
         bar = progress.add_task("adopting", total=None)
 

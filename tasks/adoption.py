@@ -38,15 +38,22 @@ async def survey_legacy_sources(database_url: str | None, storage_url: str | Non
                                 project_ids: list[UUID] | None) -> LegacySurvey:
     """The legacy variant, the projects to adopt (those asked for, each checked to be in a
     source, or all) and bucket keys outside any project folder."""
-    return await to_thread(lambda: survey(_sources(database_url, storage_url), project_ids))
+    def surveyed() -> LegacySurvey:
+        with _sources(database_url, storage_url) as sources:
+            return survey(sources, project_ids)
+
+    return await to_thread(surveyed)
 
 
 @task(name="open-adoption-batch", timeout_seconds=60, cache_policy=NO_CACHE, **RETRY_TRANSIENT)
 async def open_adoption_batch(database_url: str | None, storage_url: str | None,
                               options: AdoptionOptions) -> UUID:
     """A new running batch; returns its id (what `velocity adopt --undo` takes)."""
-    sources = await to_thread(_sources, database_url, storage_url)
-    return await to_thread(open_batch, database(), sources.describe(), options)
+    def opened() -> UUID:
+        with _sources(database_url, storage_url) as sources:
+            return open_batch(database(), sources.describe(), options)
+
+    return await to_thread(opened)
 
 
 @task(name="adopt-legacy-project", timeout_seconds=1800, cache_policy=NO_CACHE,
@@ -59,9 +66,12 @@ async def adopt_legacy_project(database_url: str | None, storage_url: str | None
     A retry plans again from the target as it is, so a write interrupted before its commit
     is simply redone, and one that committed finds its paths already present.
     """
-    report = await to_thread(lambda: adopt_project(
-        database(), object_store(), _sources(database_url, storage_url), options, project_id,
-        batch_id))
+    def adopted() -> ProjectReport:
+        with _sources(database_url, storage_url) as sources:
+            return adopt_project(database(), object_store(), sources, options, project_id,
+                                 batch_id)
+
+    report = await to_thread(adopted)
     get_run_logger().info(
         "project_id=%s: %s, %d file(s), %d version(s), %d conflict(s), %d rejected%s",
         project_id, report.status, report.files, report.versions, len(report.conflicts),

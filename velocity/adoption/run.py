@@ -54,6 +54,16 @@ class LegacySources:
         database = LegacyDatabase(database_url) if database_url else None
         return cls(database, bucket)
 
+    def close(self) -> None:
+        if self.database is not None:
+            self.database.close()
+
+    def __enter__(self) -> LegacySources:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def describe(self) -> dict[str, Any]:
         """Where the data comes from, without secrets (recorded on the batch)."""
         return {

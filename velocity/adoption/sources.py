@@ -89,11 +89,19 @@ class LegacyDatabase:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._conn: psycopg.Connection | None = None
+        try:
+            self._inspect()
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self) -> None:
         with self._read() as conn:
             self.columns = _columns(conn, "project_files")
             if not self.columns:
                 raise InvalidInput("the source database has no project_files table",
-                                   source=redacted_url(url))
+                                   source=redacted_url(self.url))
             self.variant = detect_variant(self.columns)
             self.project_columns = _columns(conn, "projects")
             (id_type,) = conn.execute(
@@ -106,13 +114,20 @@ class LegacyDatabase:
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection]:
-        with psycopg.connect(self.url, autocommit=False) as conn:
-            conn.read_only = True
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            try:
-                yield conn
-            finally:
-                conn.rollback()
+        """One read-only REPEATABLE READ transaction on the reader's connection (opened on
+        first use, so one connection serves a whole run)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.url, autocommit=False)
+            self._conn.read_only = True
+            self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        try:
+            yield self._conn
+        finally:
+            self._conn.rollback()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     def project_ids(self) -> list[UUID]:
         with self._read() as conn:
