@@ -19,6 +19,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from orchestrator.api.context import services
 from velocity.errors import (
@@ -89,10 +91,30 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return described
 
 
+class RouteFailure(PostgrestError):
+    """Starlette's own refusals (no such route, a method not allowed, a body FastAPI cannot
+    parse), told in the shape of the path's API instead of `{"detail"}`."""
+
+
+_ROUTE_FAILURE_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(VelocityError, _reply)
     app.add_exception_handler(RequestValidationError, _reply)
     app.add_exception_handler(psycopg.Error, _reply)
+    app.add_exception_handler(StarletteHTTPException, _reply_route_failure)
+
+
+async def _reply_route_failure(request: Request, error: Exception) -> Response:
+    if request.scope["type"] != "http" or not isinstance(error, StarletteHTTPException):
+        raise error
+    status = error.status_code
+    failure = RouteFailure(_ROUTE_FAILURE_CODES.get(status, f"http_{status}"), status,
+                           str(error.detail))
+    response = await _reply(request, failure)
+    response.headers.update(error.headers or {})
+    return response
 
 
 async def _reply(request: Request, error: Exception) -> JSONResponse:
