@@ -9,6 +9,8 @@ down. Real PostgreSQL, the real service app under uvicorn, the shared Prefect se
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,12 @@ from tasks import resources
 from velocity.db import Actor
 from velocity.files import FileClient
 from velocity.runtimes import ContainerNotFound, ContainerSpec, RuntimeFailure, get_runtime
-from velocity.runtimes.agent_image import agent_image_tag, build_agent_image, context_files
+from velocity.runtimes.agent_image import (
+    agent_image_tag,
+    base_tag,
+    build_agent_image,
+    context_files,
+)
 from velocity.runtimes.base import CONTAINER_ENV_KEYS, LABEL_PROJECT_ID, LABEL_SESSION_ID
 from velocity.runtimes.docker import DockerRuntime
 from velocity.sessions import get_session, open_session
@@ -212,6 +219,26 @@ def test_the_image_is_rebuilt_only_when_its_content_changes(docker_engine):
     assert agent_image_tag(changed) != docker_engine.image
     again = build_agent_image(docker_engine.client, image_cache_dir())
     assert (again.tag, again.built) == (docker_engine.image, False)
+
+
+def velocity_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_velocity_image_build_reports_the_current_image(docker_engine):
+    built = velocity_cli("image", "build", "--docker-host", docker_engine.url,
+                         "--cache-dir", str(image_cache_dir()), "--json")
+    assert built.returncode == 0, built.stderr
+    assert json.loads(built.stdout) | {"seconds": 0} == {
+        "image": docker_engine.image, "base": base_tag(), "built": False, "seconds": 0}
+
+
+def test_velocity_image_build_without_an_engine_says_so(tmp_path):
+    failed = velocity_cli("image", "build", "--docker-host", f"unix://{tmp_path}/none.sock")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert "cannot reach the Docker engine" in " ".join(failed.stderr.split())
+    assert "Traceback" not in failed.stderr
 
 
 # -- the flows, reading the runtime from settings ---------------------------------------------
