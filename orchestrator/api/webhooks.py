@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from orchestrator.api.errors import error_responses
 from velocity.db import Database
 from velocity.errors import AuthenticationRequired, ContentTooLarge, NotFound, VelocityError
 from velocity.generation import DEFAULT_TEMPLATE
+from velocity.jsontext import MalformedJson, loads_strict
 from velocity.settings import Settings
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
@@ -148,10 +148,10 @@ def verify_delivery(settings: Settings, timestamp: str | None, signature: str | 
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body) if body.strip() else {}
-    except ValueError:
+        payload = loads_strict(body) if body.strip() else {}
+    except MalformedJson as error:
         raise RequestValidationError([{"loc": ("body",), "type": "json_invalid",
-                                       "msg": "the body is not JSON"}]) from None
+                                       "msg": f"the body is not JSON: {error}"}]) from None
     if not isinstance(payload, dict):
         raise RequestValidationError([{"loc": ("body",), "type": "dict_type",
                                        "msg": "the body must be a JSON object"}])
