@@ -1,0 +1,1 @@
+"""The chaos suite: seeded workloads under injected faults (`python -m pytest tests/chaos`)."""
