@@ -1,5 +1,5 @@
-"""Headless Chromium for tests: Debian's system browser driven by Playwright (nothing is
-downloaded), and helpers to read the play page."""
+"""Headless Chromium for tests (orchestrator/play/headless.py) and helpers to drive the
+play page as a person would."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ from contextlib import contextmanager
 
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from .helpers import require_tool
+from orchestrator.play.headless import VIEWPORT, launch_chromium
 
-# As root Chromium needs --no-sandbox; on this closed network the background services'
-# connections are refused, so they are switched off rather than left to retry.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1400, "height": 820}
+from .helpers import require_tool
 
 
 @contextmanager
 def chromium(why: str) -> Iterator[Browser]:
     executable = require_tool("chromium", why)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright, executable)
         try:
             yield browser
         finally:
