@@ -192,8 +192,9 @@ def main() -> None:
     args = parser.parse_args()
 
     measured = Measured(args.upserts_per_s, args.upsert_cpu_ms, args.event_read_cpu_ms,
-                        args.gateway_connections, args.gateway_rss_mib_per_10k, args.gateway_fanout_per_s,
-                        args.snapshot_build_s, args.flow_runs_per_min, args.edit_p99_ms)
+                        args.gateway_connections, args.gateway_rss_mib_per_10k,
+                        args.gateway_fanout_per_s, args.snapshot_build_s,
+                        args.flow_runs_per_min, args.edit_p99_ms)
     load = Workload(args.sessions, args.edits_per_session, args.subscribers_per_session,
                     args.session_minutes, args.snapshot_reuse, args.flow_runs_per_session)
     plan = Plan(args.db_worker_cores, args.gateway_cores, args.builder_cores,
