@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api import Services, api_router, install_error_handlers
 from orchestrator.metrics import Metrics, metrics_router
-from orchestrator.play import play_router
+from orchestrator.play.routes import play_router
 from orchestrator.workflows import WorkflowRunner, make_runner
 from velocity.db import Database, database_url
 from velocity.download import download_router

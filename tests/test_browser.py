@@ -168,6 +168,8 @@ def test_edit_and_see_the_preview_change(api: Api, db, browser, tmp_path):
     project_id = UUID(page.url.rsplit("/", 1)[1])
     expect(page.locator("#project-name")).to_have_text("Browser test")
 
+    # Provisioning takes a second or more; the page shows it until the preview is up.
+    expect(page.locator("#session-state")).to_have_text("preview: creating")
     wait_until_active(page)
     for path in ("index.html", "main.js", "style.css"):
         expect(file_button(page, path)).to_be_visible()
@@ -233,6 +235,7 @@ def test_edit_and_see_the_preview_change(api: Api, db, browser, tmp_path):
     expect(page.locator("#history-list button")).to_have_count(2)
     page.click('#history-list button[data-version="1"]')
     expect(page.locator("#history-preview")).to_have_text(original)
+    screenshot(page, "play-history", tmp_path)
     page.click("#restore-version")
     expect(page.locator("#save-state")).to_have_text("saved · v3")
     assert editor_text(page) == original
@@ -295,6 +298,8 @@ def test_other_users_edits_arrive_live_and_conflicts_are_chosen(api: Api, db, br
         "bob.live@example.test saved a newer version of index.html (v3)")
     expect(ada_page.locator("#conflict-theirs")).to_contain_text("Bob again")
     expect(ada_page.locator("#save-state")).to_have_text("conflict")
+    expect(ada_page.frame_locator("#preview").locator("h1")).to_have_text(
+        "Bob again", timeout=PREVIEW_TIMEOUT_MS)  # reloaded once she is back online
     version, content = current_file(db, project, "index.html")
     assert version == 3 and "Bob again" in content and "Ada offline" not in content
     screenshot(ada_page, "play-conflict", tmp_path)

@@ -1,5 +1,5 @@
-"""The editor-and-preview page (`/play`): what a person sees, served by `velocity serve`."""
+"""The editor-and-preview page (`/play`): what a person sees, served by `velocity serve`.
 
-from orchestrator.play.routes import play_router
-
-__all__ = ["play_router"]
+Kept free of imports, so `orchestrator.play.headless` loads without the service (and
+without Prefect, whose settings must be read only after the stack sets PREFECT_API_URL).
+"""

@@ -117,7 +117,7 @@ function fileChanged(path, version, content, deleted, sender, fileType, binary =
 }
 
 function describeUser(userId) {
-  if (userId === page.me.userId) return "you (another tab)";
+  if (userId === page.me.userId) return "you";
   return page.emails.get(userId) || `user ${userId.slice(0, 8)}`;
 }
 
@@ -237,7 +237,8 @@ function renderDocument() {
   const conflict = doc.conflict;
   $("conflict").hidden = !conflict;
   if (conflict) {
-    const who = conflict.sender ? describeUser(conflict.sender) : "someone";
+    const who = !conflict.sender ? "someone"
+      : conflict.sender === page.me.userId ? "you, in another tab," : describeUser(conflict.sender);
     $("conflict-message").textContent = conflict.deleted
       ? `${who} deleted ${doc.path} (v${conflict.version}) while you were editing it.`
       : `${who} saved a newer version of ${doc.path} (v${conflict.version}) while you were `
