@@ -14,7 +14,7 @@ TABLES = ("auth.users", "public.user_profiles", "public.projects", "public.proje
           "public.project_files", "public.file_events", "public.project_snapshots",
           "public.preview_sessions", "public.feature_flags", "public.feature_flag_rollouts",
           "internal.config", "internal.file_types", "internal.webhook_deliveries",
-          "public.schema_migrations")
+          "internal.rate_limit_buckets", "public.schema_migrations")
 
 
 def database_fingerprint(db: Database) -> dict[str, str]:
