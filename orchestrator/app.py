@@ -1,5 +1,6 @@
 """The service's ASGI app: the realtime gateway, signed downloads of the local store, the HTTP
-API (sessions, webhooks, PostgREST-style RPCs) and metrics. `velocity serve` runs it."""
+API (sessions, webhooks, PostgREST-style RPCs), metrics and the /play page. `velocity serve`
+runs it."""
 
 from __future__ import annotations
 

@@ -3,10 +3,11 @@ play page as a person would."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from orchestrator.play.headless import VIEWPORT, launch_chromium
 
@@ -52,8 +53,9 @@ def editor_text(page: Page) -> str:
     return page.locator("#editor").input_value()
 
 
-def replace_in_editor(page: Page, old: str, new: str) -> None:
-    """Select `old` in the editor and type `new` over it, key by key, as a person would."""
+def replace_in_editor(page: Page, old: str, new: str, paste: bool = False) -> None:
+    """Select `old` in the editor and type `new` over it, key by key, as a person would
+    (a slow typist's pauses may save parts of it); or paste it, as one input."""
     editor = page.locator("#editor")
     editor.click()
     found = editor.evaluate(
@@ -64,4 +66,14 @@ def replace_in_editor(page: Page, old: str, new: str) -> None:
              return true;
            }""", old)
     assert found, f"{old!r} is not in the editor"
-    page.keyboard.type(new)
+    if paste:
+        page.keyboard.insert_text(new)
+    else:
+        page.keyboard.type(new)
+
+
+def saved_version(page: Page) -> int:
+    """The version the editor's badge says is saved, once it says so."""
+    badge = page.locator("#save-state")
+    expect(badge).to_have_text(re.compile(r"saved · v\d+"))
+    return int(badge.inner_text().rsplit("v", 1)[1])

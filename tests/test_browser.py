@@ -18,12 +18,19 @@ from orchestrator.app import create_app
 from velocity import accounts
 from velocity.db import Actor, Database
 from velocity.files import FileClient
-from velocity.generation import template_files
+from velocity.generation import template_files, template_names
 from velocity.settings import Settings, get_settings
 from velocity.tokens import mint_user_token
 
 from .api_support import Api, running_api
-from .browser import chromium, editor_text, file_button, replace_in_editor, signed_in_context
+from .browser import (
+    chromium,
+    editor_text,
+    file_button,
+    replace_in_editor,
+    saved_version,
+    signed_in_context,
+)
 from .helpers import file_state, wait_for
 
 SESSION_TIMEOUT_MS = 60_000
@@ -112,7 +119,8 @@ def test_play_api(api: Api, db, new_user, new_project, monkeypatch):
     assert api.client.post("/play/api/dev-login", json={"email": "no-at-sign"}).json()[
         "code"] == "invalid_input"
     assert api.client.get("/play/api/config").json() == {
-        "devLogin": True, "templates": ["static", "vite-react"]}
+        "devLogin": True, "templates": template_names()}
+    assert "static" in template_names()
 
     with db.transaction() as conn:
         (projects_before,) = conn.execute("SELECT count(*) FROM projects").fetchone()
@@ -182,9 +190,10 @@ def test_edit_and_see_the_preview_change(api: Api, db, browser, tmp_path):
     assert editor_text(page) == original
     replace_in_editor(page, "Hello from Velocity", "Typed in Chromium")
     expect(preview.locator("h1")).to_have_text("Typed in Chromium", timeout=PREVIEW_TIMEOUT_MS)
-    expect(page.locator("#save-state")).to_have_text("saved · v2")
+    typed = saved_version(page)
+    assert typed >= 2  # pauses in typing may have saved parts of it on the way
     assert current_file(db, project_id, "index.html") == (
-        2, original.replace("Hello from Velocity", "Typed in Chromium"))
+        typed, original.replace("Hello from Velocity", "Typed in Chromium"))
     screenshot(page, "play-editor", tmp_path)
 
     # Create a page, see it in the preview; rename it, then delete it: the preview 404s.
@@ -194,7 +203,7 @@ def test_edit_and_see_the_preview_change(api: Api, db, browser, tmp_path):
     expect(page.locator("#file-path")).to_have_text("about.html")
     page.locator("#editor").click()
     page.keyboard.type("<h1>About this project</h1>")
-    expect(page.locator("#save-state")).to_have_text("saved · v2")
+    assert saved_version(page) >= 2
     page.fill("#preview-path", "/about.html")
     page.click("#preview-form button")
     expect(preview.locator("h1")).to_have_text("About this project",
@@ -232,15 +241,15 @@ def test_edit_and_see_the_preview_change(api: Api, db, browser, tmp_path):
     # History: restore version 1 of index.html; the preview follows.
     file_button(page, "index.html").click()
     page.click("#history-toggle")
-    expect(page.locator("#history-list button")).to_have_count(2)
+    expect(page.locator("#history-list button")).to_have_count(typed)
     page.click('#history-list button[data-version="1"]')
     expect(page.locator("#history-preview")).to_have_text(original)
     screenshot(page, "play-history", tmp_path)
     page.click("#restore-version")
-    expect(page.locator("#save-state")).to_have_text("saved · v3")
+    expect(page.locator("#save-state")).to_have_text(f"saved · v{typed + 1}")
     assert editor_text(page) == original
-    assert current_file(db, project_id, "index.html") == (3, original)
-    expect(page.locator("#history-list button")).to_have_count(3)
+    assert current_file(db, project_id, "index.html") == (typed + 1, original)
+    expect(page.locator("#history-list button")).to_have_count(typed + 1)
     page.fill("#preview-path", "/")
     page.click("#preview-form button")
     expect(preview.locator("h1")).to_have_text("Hello from Velocity",
@@ -277,7 +286,7 @@ def test_other_users_edits_arrive_live_and_conflicts_are_chosen(api: Api, db, br
     wait_until_active(ada_page)
 
     # Bob's edit shows in Ada's (clean) editor and in her preview, with who made it.
-    replace_in_editor(bob_page, "Hello from Velocity", "Bob was here")
+    replace_in_editor(bob_page, "Hello from Velocity", "Bob was here", paste=True)
     expect(ada_page.locator("#editor")).to_have_value(
         editor_text(bob_page), timeout=PREVIEW_TIMEOUT_MS)
     expect(ada_page.locator("#activity")).to_contain_text(
@@ -287,9 +296,9 @@ def test_other_users_edits_arrive_live_and_conflicts_are_chosen(api: Api, db, br
 
     # Ada edits offline while Bob saves again: she is shown Bob's version, not overwritten.
     contexts[0].set_offline(True)
-    replace_in_editor(ada_page, "Bob was here", "Ada offline")
+    replace_in_editor(ada_page, "Bob was here", "Ada offline", paste=True)
     expect(ada_page.locator("#save-state")).to_have_text("unsaved")
-    replace_in_editor(bob_page, "Bob was here", "Bob again")
+    replace_in_editor(bob_page, "Bob was here", "Bob again", paste=True)
     expect(bob_page.locator("#save-state")).to_have_text("saved · v3")
     contexts[0].set_offline(False)
     conflict = ada_page.locator("#conflict")
@@ -316,8 +325,8 @@ def test_other_users_edits_arrive_live_and_conflicts_are_chosen(api: Api, db, br
 
     # Bob, editing at the same time as her, takes hers instead.
     contexts[1].set_offline(True)
-    replace_in_editor(bob_page, "Ada offline", "Bob offline")
-    replace_in_editor(ada_page, "Ada offline", "Ada online")
+    replace_in_editor(bob_page, "Ada offline", "Bob offline", paste=True)
+    replace_in_editor(ada_page, "Ada offline", "Ada online", paste=True)
     expect(ada_page.locator("#save-state")).to_have_text("saved · v5")
     contexts[1].set_offline(False)
     expect(bob_page.locator("#conflict")).to_be_visible(timeout=PREVIEW_TIMEOUT_MS)
