@@ -329,4 +329,4 @@ def test_get_runtime(tmp_path: Path) -> None:
     assert runtime.root == (tmp_path / "home" / "runtimes" / "process").resolve()
     with pytest.raises(UnknownRuntime) as raised:
         get_runtime("nope", settings)
-    assert str(raised.value) == "unknown runtime 'nope'; known runtimes: process"
+    assert str(raised.value) == "unknown runtime 'nope'; known runtimes: docker, fly, process"
