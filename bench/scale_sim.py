@@ -96,7 +96,9 @@ def one_machine(measured: Measured, load: Workload) -> dict[str, Any]:
 
 
 def size(measured: Measured, load: Workload, plan: Plan) -> dict[str, Any]:
-    """Units of each tier for `load` under the utilisation ceiling."""
+    """Units of each tier for `load` under the utilisation ceiling. A gateway process is one
+    core; a Prefect unit is what bench.flow_throughput measured: Prefect's API, its
+    PostgreSQL and the flow executors sharing two cores."""
     need = demands(load)
     ceiling = plan.utilisation_ceiling
     db_cores = (need["writes_per_s"] * measured.upsert_cpu_ms
@@ -113,7 +115,7 @@ def size(measured: Measured, load: Workload, plan: Plan) -> dict[str, Any]:
         "gateway_rss_gib_each": round(need["connections"] / gateways / 10_000
                                       * measured.gateway_rss_mib_per_10k / 1024, 2),
         "snapshot_builder_hosts": math.ceil(builders / plan.builder_cores),
-        "prefect_api_servers": math.ceil(prefect_servers),
+        "prefect_2core_units": math.ceil(prefect_servers),
         "listen_connections": gateways,  # one per gateway process
     }
 
@@ -133,7 +135,7 @@ def utilisation(measured: Measured, load: Workload, plan: Plan, units: dict[str,
         "snapshot_builders": need["snapshot_builds_per_s"] * measured.snapshot_build_s
         / (units["snapshot_builder_hosts"] * plan.builder_cores),
         "prefect": need["flow_runs_per_min"]
-        / (units["prefect_api_servers"] * measured.flow_runs_per_min),
+        / (units["prefect_2core_units"] * measured.flow_runs_per_min),
     }
 
 
@@ -181,7 +183,7 @@ def main() -> None:
     add("--gateway-rss-mib-per-10k", type=float, default=556.0, help="bench.gateway_capacity")
     add("--gateway-fanout-per-s", type=float, default=25_000.0, help="bench.gateway_capacity")
     add("--snapshot-build-s", type=float, default=0.12, help="bench.snapshot, 1k files cached")
-    add("--flow-runs-per-min", type=float, default=300.0, help="bench.flow_throughput")
+    add("--flow-runs-per-min", type=float, default=222.0, help="bench.flow_throughput, 8 threads")
     add("--edit-p99-ms", type=float, default=16.5, help="bench.edit_latency / bench.load")
     add("--db-worker-cores", type=int, default=16)
     add("--gateway-cores", type=int, default=8)

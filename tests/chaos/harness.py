@@ -209,11 +209,25 @@ class ChaosRun:
 
     def _wait_for_the_cuts(self) -> None:
         counts, expected = self.stack.proxy.counts, self._cuts_expected
-        wait_for(lambda: counts.websocket_cuts >= expected.websocket_cuts, timeout=60,
-                 interval=0.02, message="websockets to be cut mid-frame")
-        wait_for(lambda: counts.download_cuts >= expected.download_cuts, timeout=60,
-                 interval=0.02, message="snapshot downloads to be cut")
-        self.stack.proxy.disarm()
+        try:
+            wait_for(lambda: counts.websocket_cuts >= expected.websocket_cuts, timeout=60,
+                     interval=0.02, message="websockets to be cut mid-frame")
+            wait_for(lambda: counts.download_cuts >= expected.download_cuts, timeout=60,
+                     interval=0.02, message="snapshot downloads to be cut")
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {counts} of {expected} expected\n"
+                                 + self._agents_report()) from None
+        finally:
+            self.stack.proxy.disarm()
+
+    def _agents_report(self) -> str:
+        """Each agent's state and the end of its log: why a fault did not play out."""
+        lines = [f"outcome: {self.outcome}"]
+        for session in self.sessions:
+            info = self.stack.runtime.status(session.container_id)
+            lines.append(f"--- {session.container_id} {info.state} exit={info.exit_code}")
+            lines.append(self.stack.runtime.logs(session.container_id, tail=15))
+        return "\n".join(lines)
 
     def _kill_agent(self, session: Session) -> None:
         """SIGKILL the agent's whole process group: no leave, no goodbye."""

@@ -76,5 +76,6 @@ def test_chaos_seed(case: str, chaos_stack: ChaosStack, chaos_record: dict[str, 
     assert chaos_stack.proxy.counts.download_cuts > before.download_cuts
     assert outcome.conflicts_won == outcome.edits["conflict"] - outcome.refused[
         "conflict: path gone"]
-    chaos_record.update(passed=True, outcome=dataclasses.asdict(outcome))
+    chaos_record.update(passed=True, outcome={  # asdict would turn a Counter into pairs
+        field.name: getattr(outcome, field.name) for field in dataclasses.fields(outcome)})
     print(f"chaos case {case} plan {plan.digest()}: {outcome}")
