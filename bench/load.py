@@ -6,9 +6,11 @@ each following its own project. One writer edits every project at 2 edits/s thro
 on the agent's disk. Meanwhile one user floods `POST /rest/v1/rpc/upsert_project_file` on the
 same service as fast as a few clients can; the rate limit (burst 100, 20 writes/s per user and
 project) must throttle them without delaying or losing anyone else's events. Reported:
-latency percentiles per time window, gateway and agent RSS at start and end, the flood's
-accepted and throttled writes, and events lost (every agent's applied seq and file against
-the database at the end: must be 0).
+latency percentiles per time window, gateway and agent RSS at start and end (and the
+gateway's each window: it holds the last 512 events of each watched project, about 1 MiB
+per project of small edits, so it grows until those windows are full, then stays flat),
+the flood's accepted and throttled writes, and events lost (every agent's applied seq and
+file against the database at the end: must be 0).
 
     python -m bench.load --json [--sessions 100] [--rate 2] [--duration 300] [--window 30]
                          [--flood-clients 2]
@@ -199,8 +201,12 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
                       args.flood_clients)
         commits: list[tuple[int, float]] = []
         interval = 1.0 / (args.rate * len(phase.previews))
+        gateway_rss: list[dict[str, float]] = []
         started = next_at = time.monotonic()
         while time.monotonic() - started < args.duration:
+            if len(gateway_rss) * args.window <= time.monotonic() - started:
+                gateway_rss.append({"at_s": round(time.monotonic() - started),
+                                    "mib": rss_mib(gateway_pid)})
             index = len(commits) % len(phase.previews)
             phase.files.upsert(phase.previews[index].project_id, EDITED_FILE,
                                f"edit {len(commits)} {uuid.uuid4()}")
@@ -232,7 +238,7 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
                                      if k not in (200, 429)},
                   "accepted_per_s": round(accepted / written_for, 1)},
         **lost,
-        "rss_start": rss_start, "rss_end": rss_end,
+        "rss_start": rss_start, "rss_end": rss_end, "gateway_rss_by_window": gateway_rss,
         "gateway_rss_growth_mib": round(rss_end["gateway_mib"] - rss_start["gateway_mib"], 1),
         "agents_rss_growth_mib": round(rss_end["agents_total_mib"]
                                        - rss_start["agents_total_mib"], 1),

@@ -34,6 +34,7 @@ class Measured:
     event_read_cpu_ms: float  # database CPU for a gateway to read one event back
     gateway_connections: int  # subscribers one gateway process holds in < 1 GB
     gateway_rss_mib_per_10k: float
+    gateway_recent_mib_per_project: float  # its last 512 events of a busy project (bench.load)
     gateway_fanout_per_s: float  # frames one gateway process fans out per second
     snapshot_build_s: float  # a cached rebuild of a 1,000-file project, one core
     flow_runs_per_min: float  # provision-shaped flow runs one Prefect server records
@@ -112,8 +113,9 @@ def size(measured: Measured, load: Workload, plan: Plan) -> dict[str, Any]:
         "citus_workers": math.ceil(db_cores / plan.db_worker_cores),
         "gateway_processes": gateways,
         "gateway_hosts": math.ceil(gateways / plan.gateway_cores),
-        "gateway_rss_gib_each": round(need["connections"] / gateways / 10_000
-                                      * measured.gateway_rss_mib_per_10k / 1024, 2),
+        "gateway_rss_gib_each": round(
+            (need["connections"] / gateways / 10_000 * measured.gateway_rss_mib_per_10k
+             + load.sessions / gateways * measured.gateway_recent_mib_per_project) / 1024, 2),
         "snapshot_builder_hosts": math.ceil(builders / plan.builder_cores),
         "prefect_2core_units": math.ceil(prefect_servers),
         "listen_connections": gateways,  # one per gateway process
@@ -181,6 +183,8 @@ def main() -> None:
         help="assumed: an index read of one event row (not measured separately)")
     add("--gateway-connections", type=int, default=10_000, help="bench.gateway_capacity")
     add("--gateway-rss-mib-per-10k", type=float, default=556.0, help="bench.gateway_capacity")
+    add("--gateway-recent-mib-per-project", type=float, default=1.8,
+        help="bench.load: gateway RSS per busy project once its event window is full")
     add("--gateway-fanout-per-s", type=float, default=25_000.0, help="bench.gateway_capacity")
     add("--snapshot-build-s", type=float, default=0.12, help="bench.snapshot, 1k files cached")
     add("--flow-runs-per-min", type=float, default=222.0, help="bench.flow_throughput, 8 threads")
@@ -195,8 +199,8 @@ def main() -> None:
 
     measured = Measured(args.upserts_per_s, args.upsert_cpu_ms, args.event_read_cpu_ms,
                         args.gateway_connections, args.gateway_rss_mib_per_10k,
-                        args.gateway_fanout_per_s, args.snapshot_build_s,
-                        args.flow_runs_per_min, args.edit_p99_ms)
+                        args.gateway_recent_mib_per_project, args.gateway_fanout_per_s,
+                        args.snapshot_build_s, args.flow_runs_per_min, args.edit_p99_ms)
     load = Workload(args.sessions, args.edits_per_session, args.subscribers_per_session,
                     args.session_minutes, args.snapshot_reuse, args.flow_runs_per_session)
     plan = Plan(args.db_worker_cores, args.gateway_cores, args.builder_cores,
