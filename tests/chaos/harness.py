@@ -105,6 +105,7 @@ class ChaosRun:
         self._started = time.monotonic()
         counts = stack.proxy.counts
         self._cuts_expected = CutCounts(counts.websocket_cuts, counts.download_cuts)
+        self._cuts_at_start = CutCounts(counts.websocket_cuts, counts.download_cuts)
 
     # -- set-up --------------------------------------------------------------------------------
     def set_up(self) -> None:
@@ -168,8 +169,9 @@ class ChaosRun:
         finally:
             self._typing.clear()
             typist.join(timeout=60)
-        self.outcome.websocket_cuts = self.stack.proxy.counts.websocket_cuts
-        self.outcome.download_cuts = self.stack.proxy.counts.download_cuts
+        counts = self.stack.proxy.counts  # this run's cuts only: the proxy outlives it
+        self.outcome.websocket_cuts = counts.websocket_cuts - self._cuts_at_start.websocket_cuts
+        self.outcome.download_cuts = counts.download_cuts - self._cuts_at_start.download_cuts
         self.outcome.seconds = round(time.monotonic() - started, 1)
         return self.outcome
 
