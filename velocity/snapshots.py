@@ -235,8 +235,8 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
         " WHERE project_id = %s AND is_current_version AND NOT is_deleted ORDER BY file_path",
         (project_id,)).fetchall()
     from_base = {} if base is None else {
-        row[0]: record for row in rows if (record := base.record_for(row[1], row[2]))}
-    changed = [row[0] for row in rows if row[4] is None and row[0] not in from_base]
+        row[1]: record for row in rows if (record := base.record_for(row[1], row[2]))}
+    changed = [row[0] for row in rows if row[4] is None and row[1] not in from_base]
     with conn.cursor(name=f"snapshot_{uuid.uuid4().hex}") as cursor:
         cursor.itersize = CURSOR_BATCH_ROWS
         cursor.execute("SELECT id, content FROM project_files WHERE id = ANY(%s)"
@@ -244,8 +244,8 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
         contents = iter(cursor)
         for file_id, path, sha256, size, storage_key, version in rows:
             listed.append({"path": path, "sha256": sha256, "size": size, "version": version})
-            if file_id in from_base:
-                yield ArchiveEntry(path, size, _no_content, base=from_base[file_id])
+            if path in from_base:
+                yield ArchiveEntry(path, size, _no_content, base=from_base[path])
             elif storage_key is not None:
                 yield ArchiveEntry(path, size, partial(_object_chunks, store, storage_key))
             else:

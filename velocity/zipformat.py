@@ -9,8 +9,7 @@ bytes wherever it sits. tests/test_archive.py checks these records against zipfi
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 ZIP64_LIMIT = (1 << 31) - 1  # zipfile's threshold, not the format's: the same bytes as zipfile
 FILE_COUNT_LIMIT = 0xFFFF
@@ -34,8 +33,7 @@ class CorruptZip(ValueError):
     """A zip this module cannot read back as one of ours; the message says where."""
 
 
-@dataclass(frozen=True)
-class ZipRecord:
+class ZipRecord(NamedTuple):
     """One entry's facts, enough to write its central directory entry anywhere; `offset`
     is where it lies in the zip it was read from."""
 
