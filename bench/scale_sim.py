@@ -36,7 +36,7 @@ class Measured:
     gateway_rss_mib_per_10k: float
     gateway_recent_mib_per_project: float  # its last 512 events of a busy project (bench.load)
     gateway_fanout_per_s: float  # frames one gateway process fans out per second
-    snapshot_build_s: float  # a cached rebuild of a 1,000-file project, one core
+    snapshot_build_s: float  # a rebuild after one edit of a 1,000-file project, one core
     flow_runs_per_min: float  # provision-shaped flow runs one Prefect server records
     edit_p99_ms: float  # commit -> agent disk, one machine, 100 sessions
     cores: int = 2
@@ -186,7 +186,7 @@ def main() -> None:
     add("--gateway-recent-mib-per-project", type=float, default=1.8,
         help="bench.load: gateway RSS per busy project once its event window is full")
     add("--gateway-fanout-per-s", type=float, default=25_000.0, help="bench.gateway_capacity")
-    add("--snapshot-build-s", type=float, default=0.12, help="bench.snapshot, 1k files cached")
+    add("--snapshot-build-s", type=float, default=0.08, help="bench.snapshot, 1k files, rebuild")
     add("--flow-runs-per-min", type=float, default=222.0, help="bench.flow_throughput, 8 threads")
     add("--edit-p99-ms", type=float, default=16.5, help="bench.edit_latency / bench.load")
     add("--db-worker-cores", type=int, default=16)
