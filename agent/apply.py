@@ -115,7 +115,7 @@ class ProjectWriter:
         # written): such writes are staged once the deletes have made room for the directory.
         after_deletes = [item for item in plan if item.action == "update"
                          and any("/".join(item.parts[:n]) in deleted
-                                 for n in range(1, len(item.parts)))]
+                                 for n in range(1, len(item.parts)))] if deleted else []
         waiting = {item.path for item in after_deletes}
         staged: list[_Staged] = []
         try:

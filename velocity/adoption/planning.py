@@ -30,6 +30,7 @@ from velocity.adoption.sources import (
     LegacyBucket,
     LegacyProject,
     LegacyRow,
+    is_uuid,
     object_sha256,
 )
 from velocity.db import Database
@@ -137,7 +138,7 @@ class TargetView:
         return {row[0]: TargetFile(*row[1:]) for row in rows}
 
     def known_users(self, ids: Iterable[str]) -> set[str]:
-        wanted = sorted({text for text in ids if _is_uuid(text)})
+        wanted = sorted({text for text in ids if is_uuid(text)})
         if not wanted:
             return set()
         with self.db.transaction() as conn:
@@ -272,14 +273,6 @@ def choose_history(path: str, rows: list[LegacyRow]) -> tuple[list[LegacyRow], l
 def _sha256_text(text: str) -> tuple[str, int]:
     data = text.encode()
     return hashlib.sha256(data).hexdigest(), len(data)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 # -- the plan ----------------------------------------------------------------------------------

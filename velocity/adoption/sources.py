@@ -226,11 +226,11 @@ class LegacyBucket:
         return self._keys
 
     def project_ids(self) -> list[UUID]:
-        return sorted(UUID(folder) for folder in self.folders() if _is_uuid(folder))
+        return sorted(UUID(folder) for folder in self.folders() if is_uuid(folder))
 
     def stray_keys(self) -> list[str]:
         """Keys outside any project folder: they cannot be attributed to a project."""
-        return sorted(key for folder, keys in self.folders().items() if not _is_uuid(folder)
+        return sorted(key for folder, keys in self.folders().items() if not is_uuid(folder)
                       for key in keys)
 
     def keys(self, project_id: UUID) -> list[str]:
@@ -285,7 +285,7 @@ def redacted_storage_url(url: str) -> str:
     return head + ("?" + "&".join(kept) if kept else "")
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
     try:
         UUID(text)
     except ValueError:
