@@ -233,7 +233,10 @@ class ChannelConnection:
         try:
             await self._send(frame)
             try:
-                message = await asyncio.wait_for(reply, timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for would swallow a
+                # cancellation arriving with the reply (gh-86296), so a stopping agent hangs.
+                async with asyncio.timeout(timeout):
+                    message = await reply
             except TimeoutError:
                 raise ChannelLost(f"no reply to {event} within {timeout}s") from None
         finally:

@@ -293,8 +293,12 @@ class Agent:
         """Push velocity:status on each change and every status_interval, once ready (or
         failing) — before that there is nothing worth recording."""
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it drops a cancellation that arrives once
+            # the event is set (gh-86296), and the dev server's "stopped" sets it just before
+            # shutdown cancels this task: the agent then never exited on SIGTERM.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_changed.wait(), self.config.status_interval)
+                async with asyncio.timeout(self.config.status_interval):
+                    await self._status_changed.wait()
             self._status_changed.clear()
             status, connection = self.status.current, self._connection
             if not (self._reporting or status.error) or connection is None:
