@@ -7,12 +7,13 @@ import random
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agent.archive import extract_snapshot
 from velocity.db import Actor
 from velocity.files import FileClient
-from velocity.snapshots import build_snapshot, load_manifest
+from velocity.snapshots import _read_ahead, build_snapshot, load_manifest
 from velocity.storage import LocalStore
 
 FILES = {f"src/components/C{i}.tsx": f"export const C{i} = () => <b>{i}</b>;\n" * (i % 7 + 1)
@@ -234,3 +235,28 @@ def test_a_damaged_base_is_skipped_and_the_build_is_still_exact(db, store, servi
         rebuilt = build_snapshot(db, store, project_id)
     assert f"snapshot {base.snapshot_id} cannot be the base" in caplog.text
     assert rebuilt.sha256 == build_snapshot(db, store, project_id, force=True).sha256
+
+
+def test_read_ahead_yields_every_row_in_order_and_stops_with_its_reader(db):
+    with db.pool.connection() as conn, conn.transaction():
+        with conn.cursor(name="all_rows") as cursor:
+            cursor.execute("SELECT g FROM generate_series(1, 1000) AS g")
+            assert [row[0] for row in _read_ahead(cursor)] == list(range(1, 1001))
+        with conn.cursor(name="abandoned") as cursor:
+            cursor.execute("SELECT g FROM generate_series(1, 100000) AS g")
+            rows = _read_ahead(cursor)
+            assert next(rows) == (1,)
+            rows.close()  # the reader stops early: the fetching thread must end with it
+            assert not [thread for thread in threading.enumerate()
+                        if thread.name == "snapshot-fetch"]
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_read_ahead_hands_a_fetch_error_to_its_reader(db):
+    with db.pool.connection() as conn, conn.transaction():
+        with conn.cursor(name="failing") as cursor:
+            cursor.execute("SELECT 1 / (g - 700) FROM generate_series(1, 1000) AS g")
+            rows = _read_ahead(cursor)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                for _ in rows:
+                    pass

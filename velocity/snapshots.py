@@ -17,17 +17,21 @@ import hashlib
 import io
 import json
 import logging
+import queue
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlencode
 from uuid import UUID
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 from pydantic import BaseModel
 
 from velocity.archive import (
@@ -47,6 +51,7 @@ log = logging.getLogger("velocity.snapshots")
 
 SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 CURSOR_BATCH_ROWS = 200
+READ_AHEAD_BATCHES = 2  # memory: about three batches of content at most
 BINARY_CHUNK_BYTES = 1024 * 1024
 BASE_READ_BYTES = 1024 * 1024
 
@@ -227,7 +232,8 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
 
     The metadata of every current file is read first (small: no content); then the content
     of the changed text files streams from a server-side cursor in the same order, in the
-    same REPEATABLE READ transaction. `listed` collects the manifest lines (plain dicts:
+    same REPEATABLE READ transaction, as the UTF-8 bytes it is stored as (never decoded and
+    encoded again). `listed` collects the manifest lines (plain dicts:
     the manifest validates them at once, far faster than one model at a time).
     """
     rows = conn.execute(
@@ -237,11 +243,12 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
     from_base = {} if base is None else {
         row[1]: record for row in rows if (record := base.record_for(row[1], row[2]))}
     changed = [row[0] for row in rows if row[4] is None and row[1] not in from_base]
-    with conn.cursor(name=f"snapshot_{uuid.uuid4().hex}") as cursor:
-        cursor.itersize = CURSOR_BATCH_ROWS
+    cursor = conn.cursor(name=f"snapshot_{uuid.uuid4().hex}", binary=True)
+    cursor.adapters.register_loader("text", _RawTextLoader)
+    # The reader (and its fetching thread) ends before the cursor closes, however we leave.
+    with cursor, contextlib.closing(_read_ahead(cursor)) as contents:
         cursor.execute("SELECT id, content FROM project_files WHERE id = ANY(%s)"
                        " ORDER BY file_path", (changed,))
-        contents = iter(cursor)
         for file_id, path, sha256, size, storage_key, version in rows:
             listed.append({"path": path, "sha256": sha256, "size": size, "version": version})
             if path in from_base:
@@ -251,7 +258,49 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
             else:
                 found_id, content = next(contents)
                 assert found_id == file_id, "content rows out of step with metadata"
-                yield ArchiveEntry.from_bytes(path, content.encode())
+                yield ArchiveEntry.from_bytes(path, content)
+
+
+def _read_ahead(cursor: psycopg.ServerCursor[Any]) -> Generator[Any, None, None]:
+    """The cursor's rows, fetched by a thread up to READ_AHEAD_BATCHES batches ahead.
+
+    Fetching alone, the server would wait while this thread compresses and writes a batch,
+    and this thread while the server reads and sends the next one: the build would take the
+    sum of both. The cursor is not used by anything else until the rows are consumed.
+    """
+    batches: queue.Queue[list[Any] | BaseException | None] = queue.Queue(READ_AHEAD_BATCHES)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set() and (batch := cursor.fetchmany(CURSOR_BATCH_ROWS)):
+                batches.put(batch)
+            batches.put(None)
+        except BaseException as error:  # noqa: BLE001 - handed to the consuming thread
+            batches.put(error)
+
+    fetcher = threading.Thread(target=fetch, name="snapshot-fetch", daemon=True)
+    fetcher.start()
+    try:
+        while (batch := batches.get()) is not None:
+            if isinstance(batch, BaseException):
+                raise batch
+            yield from batch
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblock a fetcher waiting for room, so it can see `stop`
+                batches.get_nowait()
+        fetcher.join()
+
+
+class _RawTextLoader(Loader):
+    """Loads a text column of binary rows as its UTF-8 bytes."""
+
+    format = psycopg.pq.Format.BINARY
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
 
 
 def _no_content() -> Iterator[bytes]:
