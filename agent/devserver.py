@@ -227,8 +227,11 @@ class ProcessDevServer:
                 "dev server exited with %s; restart %d in %.2fs", code, self.restarts, delay
             )
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set (gh-86296).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
             self._restart_now = False
 
     async def _run_once(self) -> int | None:
