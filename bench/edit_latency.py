@@ -35,7 +35,6 @@ class Phase:
     """Agents for a number of projects, and the edit stream that measures them."""
 
     def __init__(self, stack: dict[str, Any], sessions: int, files: int) -> None:
-        from velocity import accounts
         from velocity.db import Actor
         from velocity.files import FileClient
 
@@ -43,6 +42,15 @@ class Phase:
         db = stack["db"]
         self.files = FileClient(db, Actor.service())
         self.previews = []
+        try:
+            self._start_all(db, sessions, files)
+        except BaseException:
+            self.stop()  # a failed start must not leave a hundred agents behind
+            raise
+
+    def _start_all(self, db: Any, sessions: int, files: int) -> None:
+        from velocity import accounts
+
         for n in range(sessions):
             owner = accounts.create_user(db, f"lat{n}-{uuid.uuid4().hex[:6]}@example.test")
             project = accounts.create_project(db, f"latency {n}", owner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from velocity.runtimes import (
     RuntimeFailure,
     UnknownRuntime,
     get_runtime,
+    process,
 )
 from velocity.runtimes.process import proc_stat
 from velocity.settings import Settings
@@ -330,3 +332,18 @@ def test_get_runtime(tmp_path: Path) -> None:
     with pytest.raises(UnknownRuntime) as raised:
         get_runtime("nope", settings)
     assert str(raised.value) == "unknown runtime 'nope'; known runtimes: docker, fly, process"
+
+
+def test_ports_are_chosen_where_no_outgoing_connection_can_take_them(tmp_path, monkeypatch):
+    ephemeral_start = int(Path(process.EPHEMERAL_PORT_RANGE_FILE).read_text().split()[0])
+    ports = process.free_loopback_ports(3)
+    assert len(set(ports)) == 3
+    assert all(10000 <= port < ephemeral_start for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free: the agent can listen on it
+
+    range_file = tmp_path / "ip_local_port_range"
+    range_file.write_text("10050\t60999\n")  # no room below the range: ephemeral ports then
+    monkeypatch.setattr(process, "EPHEMERAL_PORT_RANGE_FILE", str(range_file))
+    assert all(port >= 10050 for port in process.free_loopback_ports(2))

@@ -34,6 +34,8 @@ from velocity.runtimes.base import (
 )
 from velocity.runtimes.process_init import EXIT_FILE, exit_code_of, record_exit
 
+EPHEMERAL_PORT_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+
 INIT_SCRIPT = Path(__file__).with_name("process_init.py")
 RECORD_FILE = "container.json"
 LOG_FILE = "agent.log"
@@ -371,7 +373,46 @@ def environment_of(pid: int) -> builtins.list[bytes]:
 
 
 def free_loopback_ports(count: int) -> builtins.list[int]:
-    """Ports free on 127.0.0.1 now, all different (the OS may hand them out again later)."""
+    """Ports free on 127.0.0.1 now, all different, chosen below the kernel's ephemeral range.
+
+    A port from bind(0) is an ephemeral one: between this probe and the agent binding it, any
+    outgoing connection on the host may be given it (a hundred agents and their gateway make
+    plenty), and the agent then fails with "address already in use". Ports below the range
+    are never handed out by the kernel, only taken by whoever binds them.
+    """
+    low, high = _assignable_port_range()
+    if high - low < 100 * count:  # the ephemeral range starts too low to leave room
+        return _ephemeral_ports(count)
+    chosen: builtins.list[int] = []
+    for _ in range(1000):
+        port = secrets.randbelow(high - low) + low
+        if port not in chosen and _is_free(port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"no {count} free loopback ports found in {low}..{high - 1}")
+
+
+def _assignable_port_range() -> tuple[int, int]:
+    """[low, high): from 10000 up to where the ephemeral range starts (Linux reads it from
+    /proc; elsewhere 32768, the Linux default, is assumed)."""
+    try:
+        ephemeral_start = int(Path(EPHEMERAL_PORT_RANGE_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_start = 32768
+    return 10000, ephemeral_start
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_ports(count: int) -> builtins.list[int]:
     sockets = []
     try:
         for _ in range(count):
