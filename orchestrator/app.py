@@ -39,9 +39,11 @@ def create_app(settings: Settings | None = None,
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
         services.db = Database(url, max_size=API_POOL_SIZE)
+        metrics.watch_gc()
         try:
             yield
         finally:
+            metrics.unwatch_gc()
             await services.runner.aclose()
             await hub.stop()
             await run_in_threadpool(services.db.close)

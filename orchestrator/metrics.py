@@ -6,6 +6,9 @@ Each app owns its registry, so several apps in one process (tests) never share c
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
@@ -71,7 +74,29 @@ class Metrics:
             "velocity_rpc_errors",
             "Failed calls of /rest/v1/rpc, by PostgREST error code (SQLSTATE or PGRST...).",
             ["code"], registry=self.registry)
+        self.gc_pause_seconds = Histogram(
+            "velocity_gc_pause_seconds",
+            "Python garbage collections of this process, by generation: a collection stops "
+            "every request and event in flight.",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+            registry=self.registry)
+        self._gc_started = 0.0
         self._started_sessions: OrderedDict[UUID, None] = OrderedDict()
+
+    def watch_gc(self) -> None:
+        gc.callbacks.append(self._time_gc)
+
+    def unwatch_gc(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._time_gc)
+
+    def _time_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause_seconds.labels(str(info["generation"])).observe(
+                time.perf_counter() - self._gc_started)
 
     def observe_session_start(self, session_id: UUID, created_at: datetime,
                               active_at: datetime | None = None) -> None:

@@ -3,6 +3,8 @@ the OpenAPI document the app serves."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +17,7 @@ NAMES = {
     "velocity_connected_agents": "gauge",
     "velocity_rpc_errors": "counter",
     "velocity_rpc_requests": "counter",
+    "velocity_gc_pause_seconds": "histogram",
 }
 
 
@@ -41,6 +44,25 @@ def test_each_app_counts_for_itself(api, configured, monkeypatch):
     assert 'velocity_rpc_errors_total{code="PGRST202"} 1.0' in api.client.get("/metrics").text
     with running_api(monkeypatch) as other:
         assert "velocity_rpc_errors_total{" not in other.client.get("/metrics").text
+
+
+def test_garbage_collections_are_timed_while_the_app_runs(api, configured, monkeypatch):
+    def full_collections(text: str) -> float:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (sample.name == "velocity_gc_pause_seconds_count"
+                        and sample.labels == {"generation": "2"}):
+                    return sample.value
+        return 0.0
+
+    before = full_collections(api.client.get("/metrics").text)
+    gc.collect()
+    gc.collect()
+    assert full_collections(api.client.get("/metrics").text) == before + 2
+    watching = len(gc.callbacks)
+    with running_api(monkeypatch):
+        assert len(gc.callbacks) == watching + 1
+    assert len(gc.callbacks) == watching  # an app that has stopped times nothing
 
 
 def test_the_openapi_document_describes_the_api(api):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -48,7 +49,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
 
     # -- the outbox the hub writes to ----------------------------------------------------------
-    def send_now(self, frames: list[str]) -> bool:
+    def send_now(self, frames: Sequence[str]) -> bool:
         """Queue frames without waiting; a full queue means a slow consumer: disconnect it."""
         if self.closed:
             return False
@@ -59,7 +60,7 @@ class Connection:
             self.queue.put_nowait(frame)
         return True
 
-    async def send_paced(self, frames: list[str]) -> bool:
+    async def send_paced(self, frames: Sequence[str]) -> bool:
         """Queue frames, waiting for room: replay goes at the reader's pace."""
         for frame in frames:
             if self.closed:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -44,9 +44,9 @@ class Outbox(Protocol):
     vsn: Vsn
     closed: bool
 
-    def send_now(self, frames: list[str]) -> bool: ...
+    def send_now(self, frames: Sequence[str]) -> bool: ...
 
-    async def send_paced(self, frames: list[str]) -> bool: ...
+    async def send_paced(self, frames: Sequence[str]) -> bool: ...
 
     def end_subscription(self, subscription: Subscription, code: str, message: str) -> None: ...
 
@@ -68,7 +68,7 @@ class Subscription:
     suspended: bool = False  # told to resync: nothing more until it rejoins
     expiry: asyncio.TimerHandle | None = None
 
-    def frames(self, event: EncodedEvent) -> list[str]:
+    def frames(self, event: EncodedEvent) -> tuple[str, ...]:
         return event.frames(self.topic, self.outbox.vsn)
 
 
