@@ -3,8 +3,9 @@
 The gateway runs as a real `velocity serve` subprocess; agents run through the process
 runtime, each with its own project. One writer edits every project at a steady rate through
 `upsert_project_file` (as the service); inotify sees each agent's atomic rename the moment it
-lands. The clock starts when the RPC returns (the commit has happened) and stops at the
-rename. Phases: 1, 10 and 100 sessions at 2 edits/s each, then the same edit stream against
+lands; the watcher runs as a real-time process where allowed (as root), so its own wait for
+a CPU is not counted. The clock starts when the RPC returns (the commit has happened) and
+stops at the rename. Phases: 1, 10 and 100 sessions at 2 edits/s each, then the same edit stream against
 projects of 10 and of 10,000 files (the cost per edit must not depend on project size).
 
     python -m bench.edit_latency --json [--sessions 1,10,100] [--rate 2] [--seconds 20]
@@ -14,6 +15,7 @@ projects of 10 and of 10,000 files (the cost per edit must not depend on project
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -135,6 +137,7 @@ class WatcherProcess:
 
 
 def _watch(directories: list[Path], name: str, pipe: Any) -> None:
+    _schedule_first()
     index = {directory: n for n, directory in enumerate(directories)}
     landings: list[tuple[int, float]] = []
     watcher = Watcher(lambda directory, filename, at: landings.append((index[directory], at))
@@ -144,6 +147,21 @@ def _watch(directories: list[Path], name: str, pipe: Any) -> None:
     pipe.send("ready")
     watcher.run_until(pipe.poll)
     pipe.send(landings)
+
+
+def _schedule_first() -> None:
+    """Run this process (the instrument) ahead of the system measured, where allowed.
+
+    inotify events carry no time: a landing is stamped when this process reads it. On two
+    cores busy with a hundred agents, the watcher itself waited for a CPU after a rename,
+    and its wait was counted as the edit's. As a real-time process it runs the moment the
+    event arrives; it reads, stamps and sleeps again, taking almost no time from the rest.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except (AttributeError, PermissionError, OSError):
+        with contextlib.suppress(PermissionError, OSError):
+            os.nice(-10)
 
 
 def _match(commits: list[tuple[int, float]], landings: list[tuple[int, float]],
