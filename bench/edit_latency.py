@@ -5,8 +5,9 @@ runtime, each with its own project. One writer edits every project at a steady r
 `upsert_project_file` (as the service); inotify sees each agent's atomic rename the moment it
 lands; the watcher runs as a real-time process where allowed (as root), so its own wait for
 a CPU is not counted. The clock starts when the RPC returns (the commit has happened) and
-stops at the rename. Phases: 1, 10 and 100 sessions at 2 edits/s each, then the same edit stream against
-projects of 10 and of 10,000 files (the cost per edit must not depend on project size).
+stops at the rename. Phases: 1, 10 and 100 sessions at 2 edits/s each, then the same edit
+stream against projects of 10 and of 10,000 files (the cost per edit must not depend on
+project size).
 
     python -m bench.edit_latency --json [--sessions 1,10,100] [--rate 2] [--seconds 20]
                                  [--files 10] [--size-check 10,10000]
@@ -18,6 +19,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -246,6 +248,7 @@ def main() -> None:
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)  # kept when the run fails: its logs tell why
     emit(figures, args.json)
 
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -172,6 +173,7 @@ def main() -> None:
         finally:
             gateway.terminate()
             gateway.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)  # kept when the run fails: its logs tell why
 
     received = sum(o["received"] for o in outcome)
     latencies = [value for o in outcome for value in o["latencies"]]

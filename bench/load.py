@@ -22,6 +22,7 @@ import argparse
 import bisect
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -279,6 +280,7 @@ def main() -> None:
             figures = run_load(stack, gateway.pid, args)
         finally:
             gateway.stop()
+        shutil.rmtree(home, ignore_errors=True)  # kept when the run fails: its logs tell why
     emit(figures, args.json)
 
 
