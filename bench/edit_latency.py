@@ -89,21 +89,22 @@ class Phase:
         directories = [(p.project_dir / EDITED_FILE).parent for p in self.previews]
         watcher = WatcherProcess(directories, Path(EDITED_FILE).name)
         commits: list[tuple[int, float]] = []  # (directory index, when the RPC returned)
-        interval = 1.0 / (rate * len(self.previews))
-        started = next_at = time.monotonic()
+        pace = Pace(1.0 / (rate * len(self.previews)))
+        started = time.monotonic()
         while time.monotonic() - started < seconds:
-            index = len(commits) % len(self.previews)
-            preview = self.previews[index]
-            self.files.upsert(preview.project_id, EDITED_FILE,
-                              f"edit {len(commits)} {uuid.uuid4()}")
-            commits.append((index, time.monotonic()))
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the edit stream
+            commits.append(self.edit(len(commits)))
+            pace.wait()
         landings = watcher.stop(settle_seconds=3)
         return {**_match(commits, landings, started, seconds),
                 "final_state_mismatches": self._final_state_mismatches()}
+
+    def edit(self, number: int) -> tuple[int, float]:
+        """Edit number `number` of the stream, round robin over the projects: the project's
+        index, and when the RPC returned (the commit has happened)."""
+        index = number % len(self.previews)
+        self.files.upsert(self.previews[index].project_id, EDITED_FILE,
+                          f"edit {number} {uuid.uuid4()}")
+        return index, time.monotonic()
 
     def _final_state_mismatches(self) -> int:
         """Agents whose file differs from the database's current content: lost events."""
@@ -117,6 +118,20 @@ class Phase:
     def stop(self) -> None:
         for preview in self.previews:
             self.stack["runtime"].stop(preview.container.container_id, timeout=5, remove=True)
+
+
+class Pace:
+    """A steady rate: each wait() returns one interval after the previous one was due."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next_at = time.monotonic()
+
+    def wait(self) -> None:
+        self._next_at += self.interval
+        delay = self._next_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # pacing the edit stream
 
 
 class WatcherProcess:
@@ -161,8 +176,8 @@ def _schedule_first() -> None:
     """
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    except (AttributeError, PermissionError, OSError):
-        with contextlib.suppress(PermissionError, OSError):
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        with contextlib.suppress(OSError):
             os.nice(-10)
 
 

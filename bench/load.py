@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from bench.common import emit, percentiles, scratch_database
-from bench.edit_latency import EDITED_FILE, Phase, WatcherProcess
+from bench.edit_latency import EDITED_FILE, Pace, Phase, WatcherProcess
 from bench.gateway_capacity import free_port, rss_mib
 
 FLOOD_FILE = "flood.txt"
@@ -201,21 +201,15 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
         flood = Flood(settings.public_url, token, flood_project, args.duration,
                       args.flood_clients)
         commits: list[tuple[int, float]] = []
-        interval = 1.0 / (args.rate * len(phase.previews))
+        pace = Pace(1.0 / (args.rate * len(phase.previews)))
         gateway_rss: list[dict[str, float]] = []
-        started = next_at = time.monotonic()
+        started = time.monotonic()
         while time.monotonic() - started < args.duration:
             if len(gateway_rss) * args.window <= time.monotonic() - started:
                 gateway_rss.append({"at_s": round(time.monotonic() - started),
                                     "mib": rss_mib(gateway_pid)})
-            index = len(commits) % len(phase.previews)
-            phase.files.upsert(phase.previews[index].project_id, EDITED_FILE,
-                               f"edit {len(commits)} {uuid.uuid4()}")
-            commits.append((index, time.monotonic()))
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)  # pacing the edit stream
+            commits.append(phase.edit(len(commits)))
+            pace.wait()
         written_for = time.monotonic() - started
         flood_counts = flood.result()
         landings = watcher.stop(settle_seconds=3)

@@ -233,8 +233,8 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
     The metadata of every current file is read first (small: no content); then the content
     of the changed text files streams from a server-side cursor in the same order, in the
     same REPEATABLE READ transaction, as the UTF-8 bytes it is stored as (never decoded and
-    encoded again). `listed` collects the manifest lines (plain dicts:
-    the manifest validates them at once, far faster than one model at a time).
+    encoded again). `listed` collects the manifest lines (plain dicts: the manifest
+    validates them at once, far faster than one model at a time).
     """
     rows = conn.execute(
         "SELECT id, file_path, content_hash, size_bytes, storage_key, version FROM project_files"
@@ -272,12 +272,16 @@ def _read_ahead(cursor: psycopg.ServerCursor[Any]) -> Generator[Any, None, None]
     stop = threading.Event()
 
     def fetch() -> None:
+        # Once the reader has stopped, nothing more is put: its one drain makes room for the
+        # batch in flight, and for nothing after it.
         try:
             while not stop.is_set() and (batch := cursor.fetchmany(CURSOR_BATCH_ROWS)):
                 batches.put(batch)
-            batches.put(None)
+            end: BaseException | None = None
         except BaseException as error:  # noqa: BLE001 - handed to the consuming thread
-            batches.put(error)
+            end = error
+        if not stop.is_set():
+            batches.put(end)
 
     fetcher = threading.Thread(target=fetch, name="snapshot-fetch", daemon=True)
     fetcher.start()

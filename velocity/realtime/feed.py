@@ -23,8 +23,8 @@ RECENT_EVENTS = 64
 
 
 class EncodedEvent:
-    """One event, its payload held as JSON text, its frames cached per (topic, vsn) on first
-    use.
+    """One event, its payload held as JSON text once encoded, its frames cached per (topic,
+    vsn) on first use.
 
     Light for the garbage collector: a gateway keeps RECENT_EVENTS of every project, and a
     full collection traverses every container object it holds, stalling each edit in flight.
@@ -33,8 +33,8 @@ class EncodedEvent:
     tuple of strings (which the collector stops tracking).
     """
 
-    __slots__ = ("project_id", "seq", "type", "max_frame_bytes", "max_event_bytes", "_text",
-                 "_frames")
+    __slots__ = ("project_id", "seq", "type", "max_frame_bytes", "too_large", "_text",
+                 "_payload", "_frames")
 
     def __init__(self, project_id: UUID, seq: int, type: str, payload: dict[str, Any],
                  max_frame_bytes: int, max_event_bytes: int) -> None:
@@ -42,13 +42,12 @@ class EncodedEvent:
         self.seq = seq
         self.type = type
         self.max_frame_bytes = max_frame_bytes
-        self.max_event_bytes = max_event_bytes
         self._text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        self.too_large = len(self._text.encode()) > max_event_bytes
+        # Kept for the first encoding only (the one on the edit's way out); later ones,
+        # for another topic or protocol version, read the text back.
+        self._payload: dict[str, Any] | None = payload
         self._frames: tuple[tuple[str, Vsn, tuple[str, ...]], ...] = ()
-
-    @property
-    def too_large(self) -> bool:
-        return len(self._text.encode()) > self.max_event_bytes
 
     def frames(self, topic: str, vsn: Vsn) -> tuple[str, ...]:
         for cached_topic, cached_vsn, frames in self._frames:
@@ -62,8 +61,9 @@ class EncodedEvent:
         return {"id": f"{self.project_id}:{self.seq}", "seq": self.seq}
 
     def _encode(self, topic: str, vsn: Vsn) -> Iterable[str]:
+        payload, self._payload = self._payload or json.loads(self._text), None
         whole = encode(Message(topic, "broadcast", {
-            "type": "broadcast", "event": self.type, "payload": json.loads(self._text),
+            "type": "broadcast", "event": self.type, "payload": payload,
             "meta": self._meta()}), vsn)
         if len(whole.encode()) <= self.max_frame_bytes:
             yield whole
