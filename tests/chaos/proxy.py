@@ -30,7 +30,7 @@ class Link:
     upstream: asyncio.StreamWriter
     websocket: bool = False
     upgraded: bool = False  # the 101 response has gone by: what follows is frames
-    cut_download: bool = False  # the response being relayed is a snapshot to cut
+    cut_download: bool = False  # the response being relayed is a snapshot still to cut
     response_head: bytearray = field(default_factory=bytearray)
     cut_at: int | None = None  # byte offset in the response at which to cut
     relayed: int = 0
@@ -132,6 +132,8 @@ class ChaosProxy:
         finally:
             with self._lock:
                 self._links.discard(link)
+                if link.cut_download:  # the service went down before the cut: re-arm it
+                    self._downloads_to_cut += 1
             link.abort()
 
     async def _client_to_service(self, link: Link, reader: asyncio.StreamReader) -> None:
@@ -206,6 +208,7 @@ class ChaosProxy:
         link.relayed += keep
         if link.relayed >= link.cut_at:
             self.counts.download_cuts += 1
+            link.cut_download = False
             link.abort()
             return True
         return False

@@ -5,6 +5,8 @@ holds exactly the database's files and every session has applied the last seq.""
 from __future__ import annotations
 
 import dataclasses
+import socket
+import threading
 import time
 from typing import Any
 
@@ -51,6 +53,37 @@ def test_the_proxy_cuts_a_snapshot_download_inside_its_body(tmp_path) -> None:
             assert httpx.get(url, timeout=10).content == body  # only the next one was cut
         finally:
             proxy.stop()
+
+
+def test_a_cut_whose_response_never_came_stays_armed() -> None:
+    """The service dies between a snapshot request and its response: the cut must wait for
+    the next download, or a chaos run waits for a cut that can no longer happen."""
+    body = b"z" * 5000
+    with socket.create_server(("127.0.0.1", 0)) as service:
+        def serve() -> None:
+            for answers in (False, True):
+                connection, _ = service.accept()
+                with connection:
+                    connection.recv(65536)
+                    if answers:
+                        connection.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                                           % (len(body), body))
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        proxy = ChaosProxy(service.getsockname()[1], seed=3).start()
+        try:
+            url = f"{proxy.url}/storage/v1/object/sign/project-snapshots/p/s.zip?token=t"
+            proxy.cut_snapshot_downloads(1)
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.get(url, timeout=10)  # the service hangs up without an answer
+            assert proxy.counts.download_cuts == 0
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.get(url, timeout=10)
+            assert proxy.counts.download_cuts == 1
+        finally:
+            proxy.stop()
+            server.join(timeout=10)
 
 
 @pytest.mark.parametrize("case", chaos_cases())
