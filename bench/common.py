@@ -1,4 +1,5 @@
-"""What the benchmarks share: a database to measure on, percentiles, and JSON output."""
+"""What the benchmarks share: a database to measure on, a quiet machine, percentiles, and JSON
+output."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,30 @@ def scratch_database(server_url: str | None = None) -> Iterator[str]:
     finally:
         if cluster is not None:
             cluster.destroy()
+
+
+def wait_until_quiet(busy_cores: float = 0.3, window: float = 1.0,
+                     timeout: float = 120.0) -> float:
+    """Wait until the machine's CPUs were busy less than `busy_cores` over `window` seconds
+    (from /proc/stat; time stolen by the hypervisor is not busy); returns the seconds waited.
+    After `timeout` it returns anyway: the figures then say how long it waited."""
+    started = time.monotonic()
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    before = _busy_ticks()
+    while time.monotonic() - started < timeout:
+        time.sleep(window)  # the window measured
+        after = _busy_ticks()
+        if (after - before) / ticks_per_second / window < busy_cores:
+            break
+        before = after
+    return time.monotonic() - started
+
+
+def _busy_ticks() -> int:
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return user + nice + system + irq + softirq
 
 
 def percentiles(samples: Sequence[float], cuts: Sequence[int] = (50, 95, 99)) -> dict[str, float]:

@@ -3,14 +3,14 @@
 The gateway runs as a real `velocity serve` process; 100 agents run on the process runtime,
 each following its own project. One writer edits every project at 2 edits/s through
 `upsert_project_file` (as the service) and inotify, in its own process, sees each edit land
-on the agent's disk. Meanwhile one user floods `POST /rest/v1/rpc/upsert_project_file` on the
-same service as fast as a few clients can; the rate limit (burst 100, 20 writes/s per user and
-project) must throttle them without delaying or losing anyone else's events. Reported:
-latency percentiles per time window, gateway and agent RSS at start and end (and the
-gateway's each window: it holds the last 512 events of each watched project, about 1 MiB
-per project of small edits, so it grows until those windows are full, then stays flat),
-the flood's accepted and throttled writes, and events lost (every agent's applied seq and
-file against the database at the end: must be 0).
+on the agent's disk. Meanwhile one user floods `POST /rest/v1/rpc/upsert_project_file` on
+the same service as fast as a few clients can; the rate limit (burst 100, 20 writes/s per
+user and project) must throttle them without delaying or losing anyone else's events.
+Reported: latency percentiles per time window, gateway and agent RSS at start and end (and
+the gateway's each window: it holds the last 64 events of each watched project, so it grows
+until those windows are full, then stays flat), the flood's accepted and throttled writes,
+and events lost (every agent's applied seq and file against the database at the end: must be
+0).
 
     python -m bench.load --json [--sessions 100] [--rate 2] [--duration 300] [--window 30]
                          [--flood-clients 2]
@@ -19,7 +19,6 @@ file against the database at the end: must be 0).
 from __future__ import annotations
 
 import argparse
-import bisect
 import multiprocessing
 import os
 import shutil
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 
 from bench.common import emit, percentiles, scratch_database
-from bench.edit_latency import EDITED_FILE, Pace, Phase, WatcherProcess
+from bench.edit_latency import EDITED_FILE, Edit, Pace, Phase, WatcherProcess, match_landings
 from bench.gateway_capacity import free_port, rss_mib
 
 FLOOD_FILE = "flood.txt"
@@ -48,27 +47,6 @@ def group_rss_mib(runtime_root: Path, container_id: str) -> float:
     record = ProcessRecord.model_validate_json(
         (runtime_root / container_id / RECORD_FILE).read_bytes())
     return round(sum(rss_mib(pid) for pid, stat in processes() if stat.pgrp == record.pgid), 1)
-
-
-def match_landings(commits: list[tuple[int, float]],
-                   landings: list[tuple[int, float]]) -> tuple[list[tuple[float, float]], int]:
-    """(commit time, latency ms) per edit whose landing was seen before the next edit of the
-    same file, and how many had none."""
-    by_directory: dict[int, list[float]] = {}
-    for directory, at in sorted(landings, key=lambda landing: landing[1]):
-        by_directory.setdefault(directory, []).append(at)
-    next_commit: dict[int, float] = {}
-    samples: list[tuple[float, float]] = []
-    unmatched = 0
-    for directory, at in reversed(commits):
-        seen = by_directory.get(directory, [])
-        index = bisect.bisect_left(seen, at)
-        if index < len(seen) and seen[index] < next_commit.get(directory, float("inf")):
-            samples.append((at, (seen[index] - at) * 1000))
-        else:
-            unmatched += 1
-        next_commit[directory] = at
-    return samples, unmatched
 
 
 def by_window(samples: list[tuple[float, float]], started: float, window: float
@@ -200,7 +178,7 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
         token = mint_user_token(flooder, int(args.duration) + 600, settings)
         flood = Flood(settings.public_url, token, flood_project, args.duration,
                       args.flood_clients)
-        commits: list[tuple[int, float]] = []
+        edits: list[Edit] = []
         pace = Pace(1.0 / (args.rate * len(phase.previews)))
         gateway_rss: list[dict[str, float]] = []
         started = time.monotonic()
@@ -208,7 +186,7 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
             if len(gateway_rss) * args.window <= time.monotonic() - started:
                 gateway_rss.append({"at_s": round(time.monotonic() - started),
                                     "mib": rss_mib(gateway_pid)})
-            commits.append(phase.edit(len(commits)))
+            edits.append(phase.edit(len(edits)))
             pace.wait()
         written_for = time.monotonic() - started
         flood_counts = flood.result()
@@ -218,15 +196,16 @@ def run_load(stack: dict[str, Any], gateway_pid: int, args: argparse.Namespace
     finally:
         phase.stop()
         stack["runtime"].stop(flood_preview.container.container_id, timeout=5, remove=True)
-    samples, not_landed = match_landings(commits, landings)
+    matched = match_landings(edits, landings)
     accepted = flood_counts.get(200, 0)
     return {
         "sessions": args.sessions, "rate_per_session": args.rate,
-        "duration_s": round(written_for, 1), "edits": len(commits),
-        "edits_per_s": round(len(commits) / written_for, 1),
-        "landed": len(samples), "not_landed": not_landed,
-        "latency_ms": percentiles([latency for _, latency in samples]),
-        "latency_ms_by_window": by_window(samples, started, args.window),
+        "duration_s": round(written_for, 1), "edits": len(edits),
+        "edits_per_s": round(len(edits) / written_for, 1),
+        "landed": len(matched.samples), "not_landed": matched.not_landed,
+        "landed_before_rpc_returned": matched.before_return,
+        "latency_ms": percentiles([latency for _, latency in matched.samples]),
+        "latency_ms_by_window": by_window(matched.samples, started, args.window),
         "flood": {"clients": args.flood_clients, "requests": sum(flood_counts.values()),
                   "accepted": accepted, "throttled_429": flood_counts.get(429, 0),
                   "other_statuses": {str(k): v for k, v in flood_counts.items()
