@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+import httpx
+
 from velocity.db import Database
+from velocity.files import FileClient
 from velocity.runtimes import ContainerInfo, ContainerSpec, Runtime
 from velocity.settings import Settings
 from velocity.snapshots import build_snapshot, snapshot_url
@@ -15,6 +18,10 @@ from velocity.storage import ObjectStore
 from velocity.tokens import mint_container_token
 
 from .helpers import wait_for
+
+# A small site every runtime's end-to-end test starts a preview of.
+SITE = {"index.html": "<h1>hello</h1>", "src/main.js": "console.log('v1')",
+        "src/lib/util.js": "export const x = 1", "styles/site.css": "body{}"}
 
 
 @dataclass
@@ -91,3 +98,39 @@ def wait_until_in_sync(db: Database, preview: Preview, timeout: float = 20) -> N
         disk, database = disk_tree(preview.project_dir), database_tree(db, preview.project_id)
         differing = sorted(p for p in set(disk) | set(database) if disk.get(p) != database.get(p))
         raise AssertionError(f"paths that differ: {differing[:20]}") from None
+
+
+def head_seq(db: Database, project_id: UUID) -> int:
+    with db.transaction() as conn:
+        (head,) = conn.execute("SELECT last_event_seq FROM projects WHERE id = %s",
+                               (project_id,)).fetchone()
+    return int(head)
+
+
+def check_every_kind_of_change_reaches_disk(db: Database, service: FileClient,
+                                            preview: Preview) -> None:
+    """A preview of SITE, hydrated: an update, a delete (with its emptied directory) and a
+    bulk with a rename reach its disk; the dev server serves the new bytes and the agent
+    reports the project's last seq as applied."""
+    assert disk_tree(preview.project_dir) == {p: c.encode() for p, c in SITE.items()}
+    project = preview.project_id
+
+    service.upsert(project, "src/main.js", "console.log('v2')")
+    wait_for(lambda: (preview.project_dir / "src/main.js").read_bytes()
+             == b"console.log('v2')", message="the update")
+
+    service.delete(project, "styles/site.css")
+    wait_for(lambda: not (preview.project_dir / "styles").exists(),
+             message="the delete and its empty directory")
+
+    service.bulk_upsert(project, [
+        {"file_path": "src/lib/util.js", "action": "delete"},  # a rename: delete + create
+        {"file_path": "src/lib/helpers.js", "content": "export const x = 1"},
+        {"file_path": "pages/about.html", "content": "<p>about</p>"},
+        {"file_path": "unicodé/ファイル.txt", "content": "ünïcødé"}])
+    wait_until_in_sync(db, preview)
+
+    page = httpx.get(f"{preview.container.url}/pages/about.html", timeout=5)
+    assert page.status_code == 200 and "<p>about</p>" in page.text
+    wait_for(lambda: (agent_status(db, preview.session_id) or {}).get("applied_seq")
+             == head_seq(db, project), message="the applied seq to be reported")

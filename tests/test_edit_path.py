@@ -9,7 +9,6 @@ import os
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 
 from orchestrator.app import create_app
@@ -20,7 +19,9 @@ from velocity.settings import Settings
 
 from .helpers import wait_for
 from .preview import (
+    SITE,
     agent_status,
+    check_every_kind_of_change_reaches_disk,
     database_tree,
     disk_tree,
     start_preview,
@@ -28,9 +29,6 @@ from .preview import (
     wait_until_ready,
 )
 from .servers import free_port, start_server
-
-SITE = {"index.html": "<h1>hello</h1>", "src/main.js": "console.log('v1')",
-        "src/lib/util.js": "export const x = 1", "styles/site.css": "body{}"}
 
 
 @pytest.fixture(scope="module")
@@ -72,35 +70,9 @@ def preview(db, stack, new_project, service):
     stack["runtime"].stop(started.container.container_id, timeout=5)
 
 
-def test_hydrate_then_every_kind_of_change_reaches_disk(db, stack, preview, service):
-    assert disk_tree(preview.project_dir) == {p: c.encode() for p, c in SITE.items()}
-    project = preview.project_id
-
-    service.upsert(project, "src/main.js", "console.log('v2')")
-    wait_for(lambda: (preview.project_dir / "src/main.js").read_bytes()
-             == b"console.log('v2')", message="the update")
-
-    service.delete(project, "styles/site.css")
-    wait_for(lambda: not (preview.project_dir / "styles").exists(),
-             message="the delete and its empty directory")
-
-    service.bulk_upsert(project, [
-        {"file_path": "src/lib/util.js", "action": "delete"},  # a rename: delete + create
-        {"file_path": "src/lib/helpers.js", "content": "export const x = 1"},
-        {"file_path": "pages/about.html", "content": "<p>about</p>"},
-        {"file_path": "unicodé/ファイル.txt", "content": "ünïcødé"}])
-    wait_until_in_sync(db, preview)
-
-    # The static dev server serves the current bytes.
-    page = httpx.get(f"{preview.container.url}/pages/about.html", timeout=5)
-    assert page.status_code == 200 and "<p>about</p>" in page.text
-    status = agent_status(db, preview.session_id)
-    with db.transaction() as conn:
-        (head,) = conn.execute("SELECT last_event_seq FROM projects WHERE id = %s",
-                               (project,)).fetchone()
-    wait_for(lambda: (agent_status(db, preview.session_id) or {}).get("applied_seq") == head,
-             message="the applied seq to be reported")
-    assert status["dev_server"] == "running"
+def test_hydrate_then_every_kind_of_change_reaches_disk(db, preview, service):
+    check_every_kind_of_change_reaches_disk(db, service, preview)
+    assert agent_status(db, preview.session_id)["dev_server"] == "running"
 
 
 def test_nothing_is_lost_across_a_gateway_restart_mid_stream(db, stack, preview, service):

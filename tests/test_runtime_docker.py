@@ -39,16 +39,17 @@ from velocity.settings import Settings, get_settings
 from .docker_engine import DockerEngine, image_cache_dir, running_docker_engine
 from .helpers import wait_for
 from .preview import (
+    SITE,
     agent_status,
+    check_every_kind_of_change_reaches_disk,
     disk_tree,
+    head_seq,
     start_preview,
     wait_until_in_sync,
     wait_until_ready,
 )
 from .servers import free_port, start_server
 
-SITE = {"index.html": "<h1>hello</h1>", "src/main.js": "console.log('v1')",
-        "src/lib/util.js": "export const x = 1", "styles/site.css": "body{}"}
 MiB = 1024 * 1024
 
 
@@ -92,34 +93,10 @@ def preview(db, stack, new_project, service):
     stack["runtime"].remove(started.container.container_id)
 
 
-def head_seq(db, project_id) -> int:
-    with db.transaction() as conn:
-        (head,) = conn.execute("SELECT last_event_seq FROM projects WHERE id = %s",
-                               (project_id,)).fetchone()
-    return int(head)
-
-
-def test_hydrate_update_delete_and_bulk_reach_the_container(db, stack, preview, service):
-    assert disk_tree(preview.project_dir) == {p: c.encode() for p, c in SITE.items()}
-    project = preview.project_id
-
-    service.upsert(project, "src/main.js", "console.log('v2')")
-    wait_for(lambda: (preview.project_dir / "src/main.js").read_bytes()
-             == b"console.log('v2')", message="the update")
-    service.delete(project, "styles/site.css")
-    wait_for(lambda: not (preview.project_dir / "styles").exists(), message="the delete")
-    service.bulk_upsert(project, [
-        {"file_path": "src/lib/util.js", "action": "delete"},
-        {"file_path": "src/lib/helpers.js", "content": "export const x = 1"},
-        {"file_path": "pages/about.html", "content": "<p>about</p>"}])
-    wait_until_in_sync(db, preview)
-
-    page = httpx.get(f"{preview.container.url}/pages/about.html", timeout=5)
-    assert page.status_code == 200 and "<p>about</p>" in page.text
+def test_hydrate_update_delete_and_bulk_reach_the_container(db, preview, service):
+    check_every_kind_of_change_reaches_disk(db, service, preview)
     health = httpx.get(preview.container.health_url, timeout=5)
     assert health.status_code == 200 and health.json()["ready"] is True
-    wait_for(lambda: (agent_status(db, preview.session_id) or {}).get("applied_seq")
-             == head_seq(db, project), message="the applied seq to be reported")
 
 
 def test_a_killed_agent_container_restarted_rehydrates_and_catches_up(db, stack, preview,
