@@ -6,7 +6,9 @@ on). Two drivers: `pgbench` (C, prepared statements: the database's capacity) an
 client `velocity.files.FileClient` from threads (what one Python process reaches; the GIL and
 the pool cost show there). The rate limit is raised for the run: it would otherwise cap each
 user at 20 writes/s, which is its point and not what this measures. A 16-clients-on-one-
-project figure shows the cost of the per-project write lock.
+project figure shows the cost of the per-project write lock. Each figure starts from the
+same state: the previous one's dirty pages written out by a checkpoint (else the checkpointer
+writes them during the next) and the machine quiet.
 
     python -m bench.rpc_throughput --json [--seconds 5] [--runs 3] [--database-url URL]
 """
@@ -14,6 +16,7 @@ project figure shows the cost of the per-project write lock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -25,9 +28,10 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.common import emit, percentiles, scratch_database
+from bench.common import emit, percentiles, scratch_database, wait_until_quiet
 from velocity import accounts
 from velocity.cluster import find_bin_dir
 from velocity.db import Actor, Database
@@ -123,6 +127,14 @@ def measure_pgbench(db: Database, url: str, clients: int, seconds: float,
             "latency_ms_average": float(latency.group(1)) if latency else None}
 
 
+def settle(db: Database) -> None:
+    """The previous figure's writes flushed (a superuser's CHECKPOINT; skipped for others)
+    and the machine quiet."""
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege), db.transaction() as conn:
+        conn.execute("CHECKPOINT")
+    wait_until_quiet()
+
+
 def measure_bulk(db: Database, files_count: int) -> float:
     owner = accounts.create_user(db, f"bulk-{uuid.uuid4().hex[:10]}@example.test")
     project = accounts.create_project(db, "bench bulk", owner)
@@ -155,6 +167,7 @@ def main() -> None:
         cases = [(1, False), (4, False), (16, False), (16, True)]
         for clients, shared in cases:
             key = f"{clients}_clients" + ("_one_project" if shared else "")
+            settle(db)
             server_runs = [measure_pgbench(db, url, clients, args.seconds, shared)
                            for _ in range(args.runs)]
             if server_runs[0] is not None:
@@ -163,6 +176,7 @@ def main() -> None:
                     "upserts_per_second_median": statistics.median(rates),
                     "upserts_per_second_runs": rates,
                 }
+            settle(db)
             runs = [measure_upserts(db, clients, args.seconds, shared) for _ in range(args.runs)]
             rates = [run["upserts_per_second"] for run in runs]
             figures["upserts_python_client"][key] = {
@@ -171,6 +185,7 @@ def main() -> None:
                 "latency_ms_median_run": sorted(runs, key=lambda r: r["upserts_per_second"])[
                     len(runs) // 2]["latency_ms"],
             }
+        settle(db)
         bulk = [measure_bulk(db, 1000) for _ in range(args.runs)]
         figures["bulk_1000_files_seconds"] = {"median": round(statistics.median(bulk), 4),
                                               "runs": [round(value, 4) for value in bulk]}
