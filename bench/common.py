@@ -3,6 +3,7 @@ output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -18,7 +19,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from velocity.cluster import LocalCluster
-from velocity.db import migrate
+from velocity.db import Database, migrate
 
 
 @contextmanager
@@ -47,6 +48,15 @@ def scratch_database(server_url: str | None = None) -> Iterator[str]:
     finally:
         if cluster is not None:
             cluster.destroy()
+
+
+def settle(db: Database) -> None:
+    """Start a figure from a settled state: what earlier writes dirtied flushed by a checkpoint
+    (a superuser's; skipped for others), else the checkpointer writes it back during the
+    figure, and the machine quiet (autovacuum and the like done)."""
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege), db.transaction() as conn:
+        conn.execute("CHECKPOINT")
+    wait_until_quiet()
 
 
 def wait_until_quiet(busy_cores: float = 0.3, window: float = 1.0,

@@ -16,7 +16,6 @@ writes them during the next) and the machine quiet.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
@@ -28,10 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.common import emit, percentiles, scratch_database, wait_until_quiet
+from bench.common import emit, percentiles, scratch_database, settle
 from velocity import accounts
 from velocity.cluster import find_bin_dir
 from velocity.db import Actor, Database
@@ -125,14 +123,6 @@ def measure_pgbench(db: Database, url: str, clients: int, seconds: float,
     latency = re.search(r"latency average = ([0-9.]+) ms", result.stdout)
     return {"upserts_per_second": round(tps, 1),
             "latency_ms_average": float(latency.group(1)) if latency else None}
-
-
-def settle(db: Database) -> None:
-    """The previous figure's writes flushed (a superuser's CHECKPOINT; skipped for others)
-    and the machine quiet."""
-    with contextlib.suppress(psycopg.errors.InsufficientPrivilege), db.transaction() as conn:
-        conn.execute("CHECKPOINT")
-    wait_until_quiet()
 
 
 def measure_bulk(db: Database, files_count: int) -> float:

@@ -8,7 +8,8 @@ its resident set after imports and an open connection pool (the baseline), build
 reports its peak. Builds use `force=True` so each one really builds from the database alone;
 then children build without force and must find the snapshot reusable; then, after one file is
 edited, each child rebuilds on the last snapshot (unchanged files copied from its zip), and a
-forced build must give the same bytes. The issue's targets are checked on the large project.
+forced build must give the same bytes. Builds start once the load's writes are flushed (a
+checkpoint) and the machine is quiet. The issue's targets are checked on the large project.
 
 Peak RSS is the kernel's per-process high-water mark, VmHWM in /proc/self/status (KiB).
 `getrusage(RUSAGE_SELF).ru_maxrss` is reported beside it but not used: Linux carries the
@@ -35,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, scratch_database
+from bench.common import emit, scratch_database, settle
 from velocity import accounts
 from velocity.db import Actor, Database
 from velocity.files import FileClient
@@ -175,6 +176,7 @@ def _mib(kib: float) -> float:
 
 def measure(db: Database, url: str, count: int, total_bytes: int, runs: int) -> dict[str, Any]:
     project, loaded, load_seconds = load_project(db, count, total_bytes)
+    settle(db)  # the load's writes flushed before any build is timed
     with tempfile.TemporaryDirectory(prefix="velocity-bench-store-") as root:
         builds = [build_in_child(url, Path(root), project, force=True) for _ in range(runs)]
         reuses = [build_in_child(url, Path(root), project, force=False) for _ in range(runs)]
