@@ -10,6 +10,7 @@ holds after the orchestrator that started the container has restarted.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import re
 import secrets
@@ -288,7 +289,10 @@ class ProcessRuntime:
             return
         if pid:
             code = exit_code_of(os.waitstatus_to_exitcode(status))
-            record_exit(str(self.root / record.container_id), code)
+            # A concurrent stop(remove=True) may be deleting the directory: then there is
+            # nothing left to record the exit in, and nobody to read it.
+            with contextlib.suppress(FileNotFoundError):
+                record_exit(str(self.root / record.container_id), code)
 
     def _signal_group(self, record: ProcessRecord, signum: int) -> None:
         if group_alive(record):
