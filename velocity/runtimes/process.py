@@ -163,7 +163,7 @@ class ProcessRuntime:
                 )
         container_dir = self.root / container_id
         if not (container_dir / EXIT_FILE).exists():
-            record_exit(str(container_dir), 128 + signal.SIGKILL if killed else None)
+            self._keep_exit(container_id, 128 + signal.SIGKILL if killed else None)
         if remove:
             shutil.rmtree(container_dir, ignore_errors=True)
 
@@ -288,11 +288,13 @@ class ProcessRuntime:
         except ChildProcessError:
             return
         if pid:
-            code = exit_code_of(os.waitstatus_to_exitcode(status))
-            # A concurrent stop(remove=True) may be deleting the directory: then there is
-            # nothing left to record the exit in, and nobody to read it.
-            with contextlib.suppress(FileNotFoundError):
-                record_exit(str(self.root / record.container_id), code)
+            self._keep_exit(record.container_id, exit_code_of(os.waitstatus_to_exitcode(status)))
+
+    def _keep_exit(self, container_id: str, exit_code: int | None) -> None:
+        """Record how the container ended, unless a concurrent stop(remove=True) is deleting
+        its directory: then there is nothing left to record it in, and nobody to read it."""
+        with contextlib.suppress(FileNotFoundError):
+            record_exit(str(self.root / container_id), exit_code)
 
     def _signal_group(self, record: ProcessRecord, signum: int) -> None:
         if group_alive(record):
