@@ -36,7 +36,7 @@ from velocity.settings import Settings
 from velocity.storage import ObjectStore
 
 from ..helpers import wait_for
-from ..preview import Preview, start_preview
+from ..preview import Preview, head_seq, start_preview
 from .proxy import ChaosProxy, CutCounts
 from .services import ChaosPostgres, ServiceProcess
 from .workload import Edit, Fault, Plan
@@ -382,7 +382,7 @@ class ChaosRun:
             except AssertionError:
                 raise AssertionError(self._diagnose(session)) from None
         for session in self.sessions:
-            head = self._last_seq(session.preview.project_id)
+            head = head_seq(self.stack.db, session.preview.project_id)
             wait_for(lambda s=session, h=head: self._reported_seq(s) == h, timeout=30,
                      interval=0.1, message=f"the agent's applied seq to reach {head}")
             wait_for(lambda s=session, h=head: self._recorded_seq(s) == h, timeout=30,
@@ -418,12 +418,6 @@ class ChaosRun:
                 "SELECT file_path, content_hash FROM project_files"
                 " WHERE project_id = %s AND NOT is_deleted", (project,)).fetchall()
         return {(path, digest) for path, digest in rows}
-
-    def _last_seq(self, project: UUID) -> int:
-        with self.stack.db.transaction() as conn:
-            (seq,) = conn.execute("SELECT last_event_seq FROM projects WHERE id = %s",
-                                  (project,)).fetchone()
-        return int(seq)
 
     def _reported_seq(self, session: Session) -> int | None:
         info = self.stack.runtime.status(session.container_id)
