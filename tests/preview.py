@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +76,16 @@ def wait_until_ready(db: Database, preview: Preview, runtime: Runtime,
 
 
 def disk_tree(root: Path) -> dict[str, bytes]:
-    if not root.exists():
-        return {}
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+    """The regular files under root. The agent may be writing while this walks: a file
+    that vanishes between listing and reading is simply absent."""
+    tree = {}
+    for directory, _, names in os.walk(root):  # os.walk skips directories that vanish
+        for name in names:
+            path = Path(directory, name)
+            if path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    tree[path.relative_to(root).as_posix()] = path.read_bytes()
+    return tree
 
 
 def database_tree(db: Database, project_id: UUID) -> dict[str, bytes]:
