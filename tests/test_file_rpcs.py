@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
+import psycopg
 import pytest
 
 from velocity.db import Actor
@@ -189,3 +190,25 @@ def test_binary_files_are_registered_by_the_service_only(db, project, owner_file
 
     with pytest.raises(PermissionDenied):
         owner_files.upsert_binary(project_id, "x.png", "blobs/other", digest, 4)
+
+
+def server_has_lz4(db) -> bool:
+    with db.transaction() as conn:
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL default_toast_compression = lz4")
+        except psycopg.errors.InvalidParameterValue:
+            return False
+    return True
+
+
+def test_large_content_is_stored_with_lz4_where_the_server_has_it(db, project, owner_files):
+    project_id, _ = project
+    content = "export const line = 'a source line that compresses well';\n" * 2_000
+    written = owner_files.upsert(project_id, "src/big.ts", content)
+    with db.transaction() as conn:
+        method, stored = conn.execute(
+            "SELECT pg_column_compression(content), content FROM project_files WHERE id = %s",
+            (written.id,)).fetchone()
+    assert stored == content
+    assert method == ("lz4" if server_has_lz4(db) else "pglz")
