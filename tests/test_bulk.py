@@ -119,3 +119,29 @@ def test_a_bulk_over_the_limit_is_refused(db, project, files):
     with pytest.raises(BulkTooLarge, match="at most 5000 files, got 5001"):
         files.bulk_upsert(project_id, [{"file_path": f"f{i}", "content": ""} for i in range(5001)])
     assert file_state(db, project_id) == before
+
+
+def test_new_paths_in_a_large_project_probe_only_their_ancestors(db, new_project):
+    """The file-versus-directory check looks up each ancestor by its key, whatever the
+    planner believes of the project's size. Statistics gathered while the project was empty
+    once made it scan every current file of the project for each new path (a bulk load was
+    quadratic): here each new path must read a handful of index entries, not thousands."""
+    project_id, owner = new_project()
+    with db.transaction() as conn:
+        conn.execute("ANALYZE project_files")  # while this project holds nothing
+    service = FileClient(db, Actor.service())
+    service.bulk_upsert(project_id, [{"file_path": f"src/c{i % 20}/f{i}.ts", "content": "x"}
+                                     for i in range(2_000)])
+    with db.pool.connection() as conn, conn.transaction():
+        def index_entries_read() -> int:
+            return conn.execute(  # this transaction's reads of the index, not yet flushed
+                "SELECT pg_stat_get_xact_tuples_returned("
+                "'project_files_one_current_per_path'::regclass)").fetchone()[0]
+
+        reads = []
+        for i in range(8):  # past the five custom plans, onto the cached generic one
+            before = index_entries_read()
+            conn.execute("SELECT upsert_project_file(%s, %s, 'y')",
+                         (project_id, f"src/c1/new{i}.ts"))
+            reads.append(index_entries_read() - before)
+    assert max(reads) < 20, reads
