@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, Protocol
 from uuid import UUID
 
-from isal import isal_zlib
+import deflate as libdeflate
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from velocity.zipformat import (
@@ -32,17 +32,14 @@ from velocity.zipformat import (
 
 FIXED_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644  # a regular file, rw-r--r--
-# Deflate by ISA-L (python-isal): on the 2-core development machine its level 1 compresses
-# the bench's source text at ~165 MB/s, zlib's at ~55 MB/s, into a zip 2% smaller; every
-# inflater reads it. Tests set DEFLATE to zlib to compare records with zipfile's, byte for byte.
-# Known defect: when two threads compress at once, ISA-L now and then picks other matches for
-# a file (same content and CRC, a byte longer or shorter): about 1-3 % of fresh processes
-# compressing 1,000 files on two threads, never on one. Zips stay valid; byte-identity across
-# builds (DESIGN.md) does not always hold. One thread restores it at 21 % of a cold build.
-DEFLATE: Any = isal_zlib
+# Whole entries are deflated by libdeflate (the `deflate` package) in one call. At level 1 it
+# compresses the bench's source text at ~140 MB/s on the 2-core development machine, 2.3x
+# zlib's speed, into a zip 7 % smaller; its output depends on the input and the library's
+# version alone. (ISA-L was 40 % faster but not deterministic: on AVX-512 machines it now and
+# then chose other matches for the same input when its thread was preempted.) Entries too
+# large to hold whole stream through zlib, the only deterministic streaming deflate here.
 COMPRESS_LEVEL = 1
-# Entries up to this size are compressed whole (and may come from a cache); larger ones stream.
-WHOLE_ENTRY_LIMIT = 16 * 1024 * 1024
+WHOLE_ENTRY_LIMIT = 8 * 1024 * 1024
 UNIX = 3  # "version made by" host system: lets readers trust the mode bits
 COMPRESS_THREADS = max(1, min(4, os.cpu_count() or 1))
 # Content being compressed ahead of the writer, at most: bounds a build's memory.
@@ -95,20 +92,20 @@ class Deflated:
 
 
 def deflate(chunks: Iterable[bytes]) -> Deflated:
-    """Compress content as every snapshot entry is compressed (raw deflate, fixed level)."""
-    compressor = _compressor()
-    crc, size, parts = 0, 0, []
-    for chunk in chunks:
-        crc = DEFLATE.crc32(chunk, crc)
-        size += len(chunk)
-        parts.append(compressor.compress(chunk))
-    parts.append(compressor.flush())
-    return Deflated(crc, size, b"".join(parts))
+    """Compress a whole entry as every snapshot compresses it (raw deflate, fixed level)."""
+    parts = list(chunks)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return Deflated(libdeflate.crc32(data), len(data), deflate_whole(data))
 
 
-def _compressor() -> Any:
-    """A raw deflate stream (no zlib header) at COMPRESS_LEVEL."""
-    return DEFLATE.compressobj(COMPRESS_LEVEL, DEFLATE.DEFLATED, -zlib.MAX_WBITS)
+def deflate_whole(data: bytes) -> bytes:
+    """A whole entry's raw deflate stream (no zlib header) at COMPRESS_LEVEL."""
+    return bytes(libdeflate.deflate_compress(data, COMPRESS_LEVEL))
+
+
+def _streaming_compressor() -> Any:
+    """A raw deflate stream at COMPRESS_LEVEL, for entries compressed as they are read."""
+    return zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
 
 
 @dataclass(frozen=True)
@@ -211,7 +208,7 @@ def check_entry_path(path: str) -> None:
 def _deflated_ahead(entries: Iterator[ArchiveEntry]
                     ) -> Iterator[tuple[ArchiveEntry, Deflated | None]]:
     """Entries in order, each whole entry with its deflate stream, compressed ahead on
-    threads (zlib releases the GIL) in batches of about COMPRESS_BATCH_BYTES, at most
+    threads (libdeflate releases the GIL) in batches of about COMPRESS_BATCH_BYTES, at most
     COMPRESS_AHEAD_BYTES of content in flight. Copied and streamed entries get None."""
     window: deque[tuple[list[ArchiveEntry], Future[list[Deflated]] | None]] = deque()
     batch: list[ArchiveEntry] = []
@@ -318,10 +315,10 @@ class _ZipWriter:
         zip64 = entry.size * 1.05 > ZIP64_LIMIT
         header = local_header(ZipRecord(name, flags, 0, 0, 0), _DATE, _TIME, zip64=zip64)
         self._sink.write(header)
-        compressor = _compressor()
+        compressor = _streaming_compressor()
         crc = size = compressed = 0
         for chunk in entry.chunks():
-            crc = DEFLATE.crc32(chunk, crc)
+            crc = libdeflate.crc32(chunk, crc)
             size += len(chunk)
             data = compressor.compress(chunk)
             compressed += len(data)
