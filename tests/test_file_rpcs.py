@@ -212,3 +212,34 @@ def test_large_content_is_stored_with_lz4_where_the_server_has_it(db, project, o
             (written.id,)).fetchone()
     assert stored == content
     assert method == ("lz4" if server_has_lz4(db) else "pglz")
+
+
+def insert_file_row(db, project, content_hash: str) -> None:
+    """A version written past the RPCs, as only the migrating role can: the table's own
+    constraints are all that stands in the way."""
+    project_id, owner = project
+    with db.transaction() as conn:
+        conn.execute(
+            "INSERT INTO project_files (project_id, file_path, file_type, content, content_hash,"
+            " size_bytes, version, created_by) VALUES (%s, %s, 'text', 'x', %s, 1, 1, %s)",
+            (project_id, f"direct/{content_hash[:8]}-{len(content_hash)}.txt", content_hash,
+             owner))
+
+
+@pytest.mark.parametrize("content_hash", [
+    "A" * 64,  # upper case
+    "a" * 63,
+    "a" * 65,
+    "g" * 64,
+    "a" * 62 + "\u00e9",  # 64 bytes, 63 characters
+    "a" * 63 + "\n",
+    "",
+])
+def test_a_live_row_needs_a_lowercase_hex_sha256(db, project, content_hash):
+    with pytest.raises(psycopg.errors.CheckViolation, match="project_files_live_has_sha256"):
+        insert_file_row(db, project, content_hash)
+
+
+def test_a_lowercase_hex_sha256_is_accepted(db, project):
+    insert_file_row(db, project, hashlib.sha256(b"x").hexdigest())
+    assert len(current_rows(db, project[0], "direct/2d711642-64.txt")) == 1
