@@ -231,16 +231,19 @@ class ProcessRuntime:
             return None
 
     def _info(self, record: ProcessRecord) -> ContainerInfo:
-        self._reap(record)
-        ended = self._exit(record)
         state: ContainerState
         exit_code: int | None
         if leader_alive(record):
             state, exit_code = "running", None
-        elif group_alive(record):
-            state, exit_code = "unknown", None  # the init is gone, part of its group is not
         else:
-            state, exit_code = "exited", ended.exit_code if ended else None
+            # Reaped after the check, not before: an init that exits in between would be
+            # reported exited and left a zombie.
+            self._reap(record)
+            ended = self._exit(record)
+            if group_alive(record):
+                state, exit_code = "unknown", None  # the init is gone, part of its group is not
+            else:
+                state, exit_code = "exited", ended.exit_code if ended else None
         return ContainerInfo(
             container_id=record.container_id,
             runtime=self.name,
