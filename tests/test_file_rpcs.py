@@ -214,16 +214,16 @@ def test_large_content_is_stored_with_lz4_where_the_server_has_it(db, project, o
     assert method == ("lz4" if server_has_lz4(db) else "pglz")
 
 
-def insert_file_row(db, project, content_hash: str) -> None:
+def insert_file_row(db, project, content_hash: str, version: int = 1, size: int = 1) -> None:
     """A version written past the RPCs, as only the migrating role can: the table's own
     constraints are all that stands in the way."""
     project_id, owner = project
     with db.transaction() as conn:
         conn.execute(
             "INSERT INTO project_files (project_id, file_path, file_type, content, content_hash,"
-            " size_bytes, version, created_by) VALUES (%s, %s, 'text', 'x', %s, 1, 1, %s)",
+            " size_bytes, version, created_by) VALUES (%s, %s, 'text', 'x', %s, %s, %s, %s)",
             (project_id, f"direct/{content_hash[:8]}-{len(content_hash)}.txt", content_hash,
-             owner))
+             size, version, owner))
 
 
 @pytest.mark.parametrize("content_hash", [
@@ -243,3 +243,27 @@ def test_a_live_row_needs_a_lowercase_hex_sha256(db, project, content_hash):
 def test_a_lowercase_hex_sha256_is_accepted(db, project):
     insert_file_row(db, project, hashlib.sha256(b"x").hexdigest())
     assert len(current_rows(db, project[0], "direct/2d711642-64.txt")) == 1
+
+
+@pytest.mark.parametrize(("version", "size", "constraint"), [
+    (0, 1, "project_files_version_positive"),
+    (1, -1, "project_files_size_not_negative"),
+])
+def test_versions_start_at_one_and_sizes_are_not_negative(db, project, version, size,
+                                                          constraint):
+    with pytest.raises(psycopg.errors.CheckViolation, match=constraint):
+        insert_file_row(db, project, hashlib.sha256(b"x").hexdigest(), version, size)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_a_project_name_has_1_to_200_characters(db, project, name):
+    with pytest.raises(psycopg.errors.CheckViolation, match="projects_name_length"):
+        with db.transaction() as conn:
+            conn.execute("UPDATE projects SET name = %s WHERE id = %s", (name, project[0]))
+
+
+def test_an_event_has_a_known_type(db, project):
+    with pytest.raises(psycopg.errors.CheckViolation, match="file_events_known_type"):
+        with db.transaction() as conn:
+            conn.execute("INSERT INTO file_events (project_id, seq, type, payload)"
+                         " VALUES (%s, 1000000, 'file:rename', '{}')", (project[0],))
