@@ -7,8 +7,8 @@
 -- take ~15 us per row: 7 % of the instructions of a whole write. Exactly 64 bytes with none
 -- outside [0-9a-f] is the same rule (a NULL hash passes both, as before) in under 1 us.
 --
--- Measured as instructions per write of a single-user backend under callgrind; see
--- docs/database.md. Adding the constraint checks the existing rows once.
+-- Instructions per upsert (python -m bench.rpc_instructions): 1.88 M to 1.74 M. Adding the
+-- constraint checks the existing rows once.
 
 ALTER TABLE public.project_files
   DROP CONSTRAINT project_files_live_has_sha256,

@@ -11,10 +11,10 @@
 -- in their errors stay the same; the rules across columns (tombstone, one source) stay
 -- table checks.
 --
--- Measured as instructions per upsert of a single-user backend under callgrind: 1.80 M to
--- 1.56 M (see docs/database.md). Changing a column's type checks its existing values once.
--- The view over project_files is recreated around the change, and the two RPCs that return
--- these columns as their base types cast them (RETURN QUERY wants the exact types).
+-- Instructions per upsert (python -m bench.rpc_instructions): 1.74 M to 1.52 M. Changing a
+-- column's type checks its existing values once. The view over project_files is recreated
+-- around the change, and the two RPCs that return these columns as their base types cast
+-- them (RETURN QUERY wants the exact types).
 
 CREATE DOMAIN internal.project_name AS text
   CONSTRAINT projects_name_length CHECK (length(btrim(VALUE)) BETWEEN 1 AND 200);
