@@ -1,7 +1,7 @@
 """Server instructions per single-file upsert: the write path's cost, free of the host's noise.
 
 Upserts per second on a shared machine move by tens of percent with the host's load; the
-instructions a backend executes per upsert do not (repeated runs agree within 0.5 %). This
+instructions a backend executes per upsert do not (repeated runs agree within 2 %). This
 migrates a fresh cluster, then runs PostgreSQL in single-user mode under valgrind's callgrind
 twice, with FEW and with FEW + UPSERTS prepared upserts, each in its own transaction as
 pgbench sends them in bench.rpc_throughput, and reports the difference per upsert: start-up
@@ -67,11 +67,10 @@ def instructions(cluster: LocalCluster, script: str) -> int:
     """Instructions the single-user backend executed for `script`, start-up included."""
     state = cluster.state()
     assert state is not None
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-               str(Path(state.bin_dir) / "postgres"), "--single", "-D", str(cluster.data_dir),
-               DATABASE_NAME]
-    if os.geteuid() == 0:  # PostgreSQL refuses root; the cluster belongs to `postgres`
-        command = ["runuser", "-u", "postgres", "--", *command]
+    command = cluster.as_server_user([
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        str(Path(state.bin_dir) / "postgres"), "--single", "-D", str(cluster.data_dir),
+        DATABASE_NAME])
     result = subprocess.run(command, input=script, capture_output=True, text=True,
                             cwd=cluster.root, check=False)
     if result.returncode != 0 or "ERROR:" in result.stdout:

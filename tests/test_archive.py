@@ -168,7 +168,7 @@ def test_content_is_read_lazily_and_streamed() -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert sorted(opened) == ["f0", "f1", "f2"]  # compressed on several threads at once
+    assert sorted(opened) == ["f0", "f1", "f2"]  # each read once, as it was written
     assert digest.size > 0
     assert peak < 8 * MiB, f"48 MiB written with a peak of {peak} bytes"
 

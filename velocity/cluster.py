@@ -194,10 +194,13 @@ class LocalCluster:
                     f"reach {self.root}; choose a directory under a world-searchable path"
                 )
 
-    def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    def as_server_user(self, command: list[str]) -> list[str]:
+        """`command` run as the user owning the cluster (PostgreSQL refuses root)."""
         user = self._server_user()
-        if user is not None:
-            command = ["runuser", "-u", user, "--", *command]
+        return command if user is None else ["runuser", "-u", user, "--", *command]
+
+    def _run(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = self.as_server_user(command)
         result = subprocess.run(command, capture_output=True, text=True, cwd=self.root)
         if check and result.returncode != 0:
             log_tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""

@@ -239,10 +239,10 @@ class ProcessRuntime:
             # Reaped after the check, not before: an init that exits in between would be
             # reported exited and left a zombie.
             self._reap(record)
-            ended = self._exit(record)
             if group_alive(record):
                 state, exit_code = "unknown", None  # the init is gone, part of its group is not
             else:
+                ended = self._exit(record)
                 state, exit_code = "exited", ended.exit_code if ended else None
         return ContainerInfo(
             container_id=record.container_id,
