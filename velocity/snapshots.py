@@ -225,28 +225,54 @@ def _sha256_of(file: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+_CURRENT_FILES = ("FROM project_files WHERE project_id = %s AND is_current_version"
+                  " AND NOT is_deleted ORDER BY file_path")
+
+
 def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_id: UUID,
                           listed: list[dict[str, object]],
                           base: _BaseSnapshot | None) -> Iterator[ArchiveEntry]:
     """Archive entries in path (byte) order, reading content only for files the base lacks.
 
-    The metadata of every current file is read first (small: no content); then the content
-    of the changed text files streams from a server-side cursor in the same order, in the
-    same REPEATABLE READ transaction, as the UTF-8 bytes it is stored as (never decoded and
-    encoded again). `listed` collects the manifest lines (plain dicts: the manifest
-    validates them at once, far faster than one model at a time).
+    Text content streams from a server-side cursor, in the same REPEATABLE READ transaction,
+    as the UTF-8 bytes it is stored as (never decoded and encoded again). `listed` collects
+    the manifest lines (plain dicts: the manifest validates them at once, far faster than
+    one model at a time).
     """
-    rows = conn.execute(
-        "SELECT id, file_path, content_hash, size_bytes, storage_key, version FROM project_files"
-        " WHERE project_id = %s AND is_current_version AND NOT is_deleted ORDER BY file_path",
-        (project_id,)).fetchall()
-    from_base = {} if base is None else {
-        row[1]: record for row in rows if (record := base.record_for(row[1], row[2]))}
+    if base is None:
+        return _entries_from_database(conn, store, project_id, listed)
+    return _entries_on_base(conn, store, project_id, listed, base)
+
+
+def _entries_from_database(conn: psycopg.Connection, store: ObjectStore, project_id: UUID,
+                           listed: list[dict[str, object]]) -> Iterator[ArchiveEntry]:
+    """Every file read whole: metadata and content come from one cursor, so compression
+    starts with its first batch instead of after a scan of the metadata."""
+    with _content_cursor(conn) as cursor, contextlib.closing(_read_ahead(cursor)) as rows:
+        cursor.execute("SELECT file_path, content_hash, size_bytes, storage_key, version,"
+                       f" content {_CURRENT_FILES}", (project_id,))
+        for raw_path, raw_sha256, size, storage_key, version, content in rows:
+            path = raw_path.decode()
+            listed.append({"path": path, "sha256": raw_sha256.decode(), "size": size,
+                           "version": version})
+            if storage_key is not None:
+                yield ArchiveEntry(path, size, partial(_object_chunks, store,
+                                                       storage_key.decode()))
+            else:
+                yield ArchiveEntry.from_bytes(path, content)
+
+
+def _entries_on_base(conn: psycopg.Connection, store: ObjectStore, project_id: UUID,
+                     listed: list[dict[str, object]],
+                     base: _BaseSnapshot) -> Iterator[ArchiveEntry]:
+    """The metadata of every current file is read first (small: no content), then the
+    content of the text files the base lacks, in the same order."""
+    rows = conn.execute(f"SELECT id, file_path, content_hash, size_bytes, storage_key, version"
+                        f" {_CURRENT_FILES}", (project_id,)).fetchall()
+    from_base = {row[1]: record for row in rows if (record := base.record_for(row[1], row[2]))}
     changed = [row[0] for row in rows if row[4] is None and row[1] not in from_base]
-    cursor = conn.cursor(name=f"snapshot_{uuid.uuid4().hex}", binary=True)
-    cursor.adapters.register_loader("text", _RawTextLoader)
     # The reader (and its fetching thread) ends before the cursor closes, however we leave.
-    with cursor, contextlib.closing(_read_ahead(cursor)) as contents:
+    with _content_cursor(conn) as cursor, contextlib.closing(_read_ahead(cursor)) as contents:
         cursor.execute("SELECT id, content FROM project_files WHERE id = ANY(%s)"
                        " ORDER BY file_path", (changed,))
         for file_id, path, sha256, size, storage_key, version in rows:
@@ -259,6 +285,13 @@ def _current_file_entries(conn: psycopg.Connection, store: ObjectStore, project_
                 found_id, content = next(contents)
                 assert found_id == file_id, "content rows out of step with metadata"
                 yield ArchiveEntry.from_bytes(path, content)
+
+
+def _content_cursor(conn: psycopg.Connection) -> psycopg.ServerCursor[Any]:
+    """A server-side cursor of binary rows whose text columns load as their UTF-8 bytes."""
+    cursor = conn.cursor(name=f"snapshot_{uuid.uuid4().hex}", binary=True)
+    cursor.adapters.register_loader("text", _RawTextLoader)
+    return cursor
 
 
 def _read_ahead(cursor: psycopg.ServerCursor[Any]) -> Generator[Any, None, None]:
