@@ -183,7 +183,8 @@ def _checked_in_order(entries: Iterable[ArchiveEntry]) -> Iterator[ArchiveEntry]
     for entry in entries:
         if previous is not None and entry.path <= previous:
             raise ValueError(f"presorted entries out of order: {entry.path!r} after {previous!r}")
-        check_entry_path(entry.path)
+        if entry.base is None:  # a base record's path was checked when its zip was written
+            check_entry_path(entry.path)
         if entry.size < 0:
             raise ValueError(f"negative size for {entry.path!r}")
         previous = entry.path

@@ -146,28 +146,33 @@ def read_records(zip_file: BinaryIO) -> tuple[list[ZipRecord], int]:
     return _parse_directory(directory, count), directory_offset
 
 
+# A central directory entry's fields that reading one back needs, the rest skipped: signature,
+# flags, crc, compressed size, size, name/extra/comment lengths, offset (same 46 bytes).
+_CENTRAL_READ = struct.Struct("<4s4xH6xLLLHHH8xL")
+
+
 def _parse_directory(directory: bytes, count: int) -> list[ZipRecord]:
     records = []
     position = 0
+    unpack = _CENTRAL_READ.unpack_from
+    fixed = _CENTRAL_READ.size
     for _ in range(count):
-        fields = _CENTRAL.unpack_from(directory, position)
-        if fields[0] != b"PK\x01\x02":
+        (signature, flags, crc, compressed, size, name_length, extra_length, comment_length,
+         offset) = unpack(directory, position)
+        if signature != b"PK\x01\x02":
             raise CorruptZip(f"bad central directory entry at {position}")
-        (flags, crc, compressed, size, name_length, extra_length, comment_length,
-         offset) = (fields[5], fields[9], fields[10], fields[11], fields[12], fields[13],
-                    fields[14], fields[18])
-        start = position + _CENTRAL.size
-        name = directory[start:start + name_length]
-        extra = directory[start + name_length:start + name_length + extra_length]
-        size, compressed, offset = _zip64_values(extra, size, compressed, offset)
-        records.append(ZipRecord(name, flags, crc, compressed, size, offset))
-        position = start + name_length + extra_length + comment_length
+        start = position + fixed
+        name_end = start + name_length
+        if extra_length:
+            size, compressed, offset = _zip64_values(
+                directory[name_end:name_end + extra_length], size, compressed, offset)
+        records.append(ZipRecord(directory[start:name_end], flags, crc, compressed, size,
+                                 offset))
+        position = name_end + extra_length + comment_length
     return records
 
 
 def _zip64_values(extra: bytes, size: int, compressed: int, offset: int) -> tuple[int, int, int]:
-    if not extra:
-        return size, compressed, offset
     tag, length = struct.unpack_from("<HH", extra)
     if tag != 1:
         raise CorruptZip(f"unexpected extra field {tag}")
