@@ -93,8 +93,7 @@ class Deflated:
 
 def deflate(chunks: Iterable[bytes]) -> Deflated:
     """Compress a whole entry as every snapshot compresses it (raw deflate, fixed level)."""
-    parts = list(chunks)
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    data = b"".join(chunks)  # one bytes part is returned as it is, not copied
     return Deflated(libdeflate.crc32(data), len(data), deflate_whole(data))
 
 
