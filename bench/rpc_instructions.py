@@ -7,9 +7,13 @@ twice, with FEW and with FEW + UPSERTS prepared upserts, each in its own transac
 pgbench sends them in bench.rpc_throughput, and reports the difference per upsert: start-up
 and first-use caching cancel out.
 
+`--extra-sql FILE` runs a SQL file after the migrations, before measuring: what a part of the
+write path costs is the difference it makes when that file replaces or drops it (the figures
+in docs/database.md were priced this way).
+
 Needs valgrind (`apt-get install valgrind`).
 
-    python -m bench.rpc_instructions --json [--upserts 200] [--runs 3]
+    python -m bench.rpc_instructions --json [--upserts 200] [--runs 3] [--extra-sql FILE ...]
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+
+import psycopg
 
 from bench.common import emit
 from velocity import accounts
@@ -34,12 +41,21 @@ FEW = 20
 PATH = "src/App.tsx"
 
 
-def prepare_cluster(root: Path) -> tuple[LocalCluster, uuid.UUID, uuid.UUID]:
-    """A migrated cluster holding one user and their project, stopped for single-user mode."""
+def prepare_cluster(root: Path, extra_sql: Sequence[Path] = ()
+                    ) -> tuple[LocalCluster, uuid.UUID, uuid.UUID]:
+    """A migrated cluster (plus `extra_sql`, in order) holding one user and their project,
+    stopped for single-user mode."""
     cluster = LocalCluster(root, ephemeral=True)
     cluster.start()
     url = cluster.url()
     migrate(url)
+    for path in extra_sql:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(path.read_bytes())
+        except psycopg.Error as error:
+            cluster.destroy()
+            raise RuntimeError(f"--extra-sql {path} failed: {error}") from error
     with Database(url, max_size=1) as db:
         user = accounts.create_user(db, f"instructions-{uuid.uuid4().hex[:8]}@example.test")
         project = accounts.create_project(db, "instructions", user)
@@ -82,10 +98,10 @@ def instructions(cluster: LocalCluster, script: str) -> int:
     return int(found.group(1))
 
 
-def measure(upserts: int, runs: int) -> dict:
+def measure(upserts: int, runs: int, extra_sql: Sequence[Path] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix="velocity-instructions-") as temp:
         os.chmod(temp, 0o755)
-        cluster, user, project = prepare_cluster(Path(temp) / "cluster")
+        cluster, user, project = prepare_cluster(Path(temp) / "cluster", extra_sql)
         try:
             per_upsert = []
             written = 0
@@ -99,6 +115,7 @@ def measure(upserts: int, runs: int) -> dict:
         finally:
             cluster.destroy()
     return {"upserts_per_run": upserts, "runs": runs,
+            "extra_sql": [str(path) for path in extra_sql],
             "instructions_per_upsert_median": round(statistics.median(per_upsert)),
             "instructions_per_upsert_runs": [round(value) for value in per_upsert]}
 
@@ -109,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upserts", type=int, default=200,
                         help=f"upserts measured per run, beyond the {FEW} start-up ones")
     parser.add_argument("--runs", type=int, default=3, help="repetitions; the median is reported")
+    parser.add_argument("--extra-sql", type=Path, action="append", default=[], metavar="FILE",
+                        help="SQL run after the migrations, before measuring (repeatable)")
     args = parser.parse_args(argv)
     if args.upserts < 1 or args.runs < 1:
         parser.error("--upserts and --runs must be at least 1")
+    for path in args.extra_sql:
+        if not path.is_file():
+            parser.error(f"--extra-sql {path}: no such file")
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed: apt-get install valgrind")
-    emit(measure(args.upserts, args.runs), args.json)
+    emit(measure(args.upserts, args.runs, args.extra_sql), args.json)
     return 0
 
 
