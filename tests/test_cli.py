@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ def home():
     env.pop("VELOCITY_DATABASE_URL", None)
     yield env
     run("db", "stop", env=env)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_db_lifecycle_and_migrate(home):

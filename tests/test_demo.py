@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ def test_the_demo_runs_end_to_end_and_reports_ok():
     env["VELOCITY_HOME"] = str(home)
     result = subprocess.run([sys.executable, "-m", "orchestrator", "demo", "--json"],
                             capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.returncode == 0, f"{result.stdout}{result.stderr[-3000:]}\nhome: {home}"
     report = json.loads(result.stdout)
     assert report["status"] == "ok"
     assert report["edits"] == 50 and report["files_verified"] == 3
@@ -28,3 +29,4 @@ def test_the_demo_runs_end_to_end_and_reports_ok():
     stopped = subprocess.run([sys.executable, "-m", "orchestrator", "db", "status"],
                              capture_output=True, text=True, env=env, timeout=60)
     assert stopped.returncode == 1  # the demo stopped the cluster it started
+    shutil.rmtree(home)  # kept when the test fails: its logs tell why
