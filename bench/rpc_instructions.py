@@ -47,23 +47,30 @@ def prepare_cluster(root: Path, extra_sql: Sequence[Path] = ()
     stopped for single-user mode."""
     cluster = LocalCluster(root, ephemeral=True)
     cluster.start()
-    url = cluster.url()
-    migrate(url)
-    for path in extra_sql:
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(path.read_bytes())
-        except psycopg.Error as error:
-            cluster.destroy()
-            raise RuntimeError(f"--extra-sql {path} failed: {error}") from error
-    with Database(url, max_size=1) as db:
-        user = accounts.create_user(db, f"instructions-{uuid.uuid4().hex[:8]}@example.test")
-        project = accounts.create_project(db, "instructions", user)
-        with db.transaction() as conn:
-            conn.execute("UPDATE internal.config SET rate_limit_burst = 1000000000,"
-                         " rate_limit_per_second = 1000000000")
-    cluster.stop()
+    try:
+        url = cluster.url()
+        migrate(url)
+        for path in extra_sql:
+            _run_sql_file(url, path)
+        with Database(url, max_size=1) as db:
+            user = accounts.create_user(db, f"instructions-{uuid.uuid4().hex[:8]}@example.test")
+            project = accounts.create_project(db, "instructions", user)
+            with db.transaction() as conn:
+                conn.execute("UPDATE internal.config SET rate_limit_burst = 1000000000,"
+                             " rate_limit_per_second = 1000000000")
+        cluster.stop()
+    except BaseException:
+        cluster.destroy()  # whatever failed, no server is left running
+        raise
     return cluster, user, project
+
+
+def _run_sql_file(url: str, path: Path) -> None:
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(path.read_bytes())
+    except psycopg.Error as error:
+        raise RuntimeError(f"--extra-sql {path} failed: {error}") from error
 
 
 def upsert_script(user: uuid.UUID, project: uuid.UUID, upserts: int, first: int) -> str:
