@@ -3,16 +3,24 @@
 Python's `json.loads` accepts `NaN` and `Infinity`, turns `1e999` into infinity, returns
 lone surrogates (`"\\ud800"`) that no UTF-8 database text can hold, and raises
 RecursionError, not ValueError, on deeply nested input. Each of those reached a handler
-that did not expect it; here every one is a `MalformedJson` with the reason.
+that did not expect it; here every one is a `MalformedJson` with the reason. Nesting is
+measured before parsing: a parser at the edge of the recursion limit breaks more than itself
+(a garbage-collector callback that runs there raises too).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from itertools import accumulate
 from typing import Any
 
 MAX_DEPTH = 64
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class MalformedJson(ValueError):
@@ -21,6 +29,7 @@ class MalformedJson(ValueError):
 
 def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON value of `text`, or MalformedJson saying what is wrong with it."""
+    _refuse_deep(text, max_depth)
     try:
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
@@ -31,6 +40,19 @@ def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         raise MalformedJson(f"malformed JSON: {error}") from None
     _check(value, max_depth)
     return value
+
+
+def _refuse_deep(text: str | bytes, max_depth: int) -> None:
+    """MalformedJson if brackets outside strings nest deeper than `max_depth`."""
+    if isinstance(text, bytes):
+        if b"\x00" in text[:4]:
+            return  # UTF-16 or UTF-32: left to the parser (whose RecursionError is caught)
+        text = text.decode("latin-1")  # 1:1 on bytes; UTF-8's brackets and quotes are ASCII
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    if max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > max_depth:
+        raise MalformedJson(f"nested deeper than {max_depth} levels")
 
 
 def _refuse_constant(name: str) -> Any:
