@@ -1,6 +1,6 @@
-"""A version's author and parent without foreign keys (sql/0023): what the keys did when a
-row is deleted still happens, and a user deleted while writing cannot leave a version that
-names them."""
+"""Versions and events without foreign keys (sql/0023, sql/0025): what the keys did when a
+row is deleted still happens, and a user or project deleted while a write is in flight
+cannot leave rows that name it."""
 
 from __future__ import annotations
 
@@ -47,16 +47,50 @@ def test_deleting_a_version_unlinks_only_the_version_that_replaced_it(db, new_pr
     assert version_links(db, other_second.id) == (other_first.id, owner, owner)
 
 
-def test_deleting_a_project_deletes_its_versions(db, new_project):
+def project_rows(db, project: uuid.UUID) -> tuple[int, int]:
+    with db.transaction() as conn:
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM project_files WHERE project_id = %(p)s),"
+            " (SELECT count(*) FROM file_events WHERE project_id = %(p)s)",
+            {"p": project}).fetchone()
+
+
+def test_deleting_a_project_deletes_its_versions_and_events(db, new_project):
     project, owner = new_project()
+    kept, _ = new_project(owner)
     files = FileClient(db, Actor.user(owner))
     for content in ("one", "two", "three"):
         files.upsert(project, "index.html", content)
+        files.upsert(kept, "index.html", content)
+    files.delete(project, "index.html")
+    assert project_rows(db, project) == (4, 4)
     with db.transaction() as conn:
         conn.execute("DELETE FROM projects WHERE id = %s", (project,))
-        left = conn.execute("SELECT count(*) FROM project_files WHERE project_id = %s",
-                            (project,)).fetchone()[0]
-    assert left == 0
+    assert project_rows(db, project) == (0, 0)
+    assert project_rows(db, kept) == (3, 3)
+
+
+def test_deleting_a_project_waits_for_a_write_in_flight(db, database_url, new_project):
+    project, owner = new_project()
+    deleted = threading.Event()
+
+    def delete() -> None:
+        with db.transaction() as conn:
+            conn.execute("DELETE FROM projects WHERE id = %s", (project,))
+        deleted.set()
+
+    with db.transaction(Actor.user(owner)) as writer:
+        writer.execute("SELECT upsert_project_file(%s, 'src/late.ts', 'x')", (project,))
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        with psycopg.connect(database_url) as watcher:
+            wait_for(lambda: watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE 'DELETE FROM projects%%'").fetchone()[0] == 1)
+        assert not deleted.is_set()
+    deleter.join(timeout=30)
+    assert deleted.is_set()
+    assert project_rows(db, project) == (0, 0)
 
 
 def test_a_user_who_created_a_path_cannot_be_deleted(db, new_project, new_user):
