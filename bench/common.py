@@ -19,35 +19,44 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from velocity.cluster import LocalCluster
-from velocity.db import Database, migrate
+from velocity.db import SQL_DIR, Database, migrate
 
 
 @contextmanager
-def scratch_database(server_url: str | None = None) -> Iterator[str]:
-    """A fresh, migrated database: on `server_url`, or on a private durable cluster (the same
-    settings as `velocity db start`, fsync on) that is destroyed afterwards."""
-    cluster = None
-    if server_url is None:
-        root = Path(tempfile.mkdtemp(prefix="velocity-bench-pg-"))
-        os.chmod(root, 0o755)
-        cluster = LocalCluster(root)
-        cluster.start()
-        server_url = cluster.url("postgres")
-    name = f"bench_{os.getpid()}"
+def private_server() -> Iterator[str]:
+    """A private durable cluster (the same settings as `velocity db start`, fsync on) for as
+    long as the block runs; yields its maintenance database's URL."""
+    root = Path(tempfile.mkdtemp(prefix="velocity-bench-pg-"))
+    os.chmod(root, 0o755)
+    cluster = LocalCluster(root)
     try:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        params = conninfo_to_dict(server_url)
-        params["dbname"] = name
-        url = make_conninfo(**params)
-        migrate(url)
-        yield url
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cluster.start()
+        yield cluster.url("postgres")
     finally:
-        if cluster is not None:
-            cluster.destroy()
+        cluster.destroy()
+
+
+@contextmanager
+def scratch_database(server_url: str | None = None, migrations: Path = SQL_DIR,
+                     name: str | None = None) -> Iterator[str]:
+    """A fresh database migrated from `migrations`: on `server_url`, or on a private server
+    that is destroyed afterwards."""
+    if server_url is None:
+        with private_server() as private_url, \
+                scratch_database(private_url, migrations, name) as url:
+            yield url
+        return
+    name = name or f"bench_{os.getpid()}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(server_url)
+    params["dbname"] = name
+    url = make_conninfo(**params)
+    migrate(url, migrations)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def settle(db: Database) -> None:

@@ -89,10 +89,20 @@ COMMIT;
 
 def measure_pgbench(db: Database, url: str, clients: int, seconds: float,
                     shared_project: bool) -> dict | None:
-    """Upserts/s with pgbench as the client; None when pgbench is not installed."""
-    pgbench = shutil.which("pgbench") or str(find_bin_dir() / "pgbench")
-    if not Path(pgbench).exists():
+    """Upserts/s with pgbench as the client, each a new user; None without pgbench."""
+    if pgbench_path() is None:
         return None
+    prepare_pgbench_clients(db, clients, shared_project)
+    return run_pgbench(url, clients, seconds)
+
+
+def pgbench_path() -> str | None:
+    pgbench = shutil.which("pgbench") or str(find_bin_dir() / "pgbench")
+    return pgbench if Path(pgbench).exists() else None
+
+
+def prepare_pgbench_clients(db: Database, clients: int, shared_project: bool) -> None:
+    """New users, each with their own project (or members of one), in `bench_clients`."""
     owners = [accounts.create_user(db, f"pgb-{uuid.uuid4().hex[:10]}@example.test")
               for _ in range(clients)]
     if shared_project:
@@ -109,6 +119,13 @@ def measure_pgbench(db: Database, url: str, clients: int, seconds: float,
         for client, (user, project) in enumerate(zip(owners, projects, strict=True)):
             conn.execute("INSERT INTO public.bench_clients VALUES (%s, %s, %s)",
                          (client, user, project))
+
+
+def run_pgbench(url: str, clients: int, seconds: float) -> dict:
+    """One pgbench run of PGBENCH_SCRIPT by the clients in `bench_clients`."""
+    pgbench = pgbench_path()
+    if pgbench is None:
+        raise RuntimeError("pgbench is not installed")
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(PGBENCH_SCRIPT)
     params = conninfo_to_dict(url)
@@ -117,8 +134,10 @@ def measure_pgbench(db: Database, url: str, clients: int, seconds: float,
                "-j", str(min(clients, 2)), "-T", str(max(1, round(seconds))),
                "-h", str(params.get("host", "127.0.0.1")), "-p", str(params.get("port", 5432)),
                "-U", str(params.get("user", "postgres")), str(params["dbname"])]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    os.unlink(script.name)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    finally:
+        os.unlink(script.name)
     tps = float(re.search(r"tps = ([0-9.]+)", result.stdout).group(1))  # type: ignore[union-attr]
     latency = re.search(r"latency average = ([0-9.]+) ms", result.stdout)
     return {"upserts_per_second": round(tps, 1),
