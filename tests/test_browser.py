@@ -334,10 +334,14 @@ def test_other_users_edits_arrive_live_and_conflicts_are_chosen(api: Api, db, br
     expect(bob_page.locator("#editor")).to_have_value(current_file(db, project, "index.html")[1])
     expect(bob_page.locator("#save-state")).to_have_text("saved · v5")
     assert current_file(db, project, "index.html")[0] == 5
-    for context in contexts:
-        context.close()
+    # Closing a page stops its session. (Closing its whole browser context at once can drop
+    # the page's last request, the stop, before it leaves: close the pages first.)
+    for page in (ada_page, bob_page):
+        page.close()
     wait_for(lambda: set(session_statuses(db, project)) == {"ended"}, timeout=30,
              message="both pages' sessions to end")
+    for context in contexts:
+        context.close()
 
 
 def test_a_session_that_cannot_start_shows_error_with_its_message(
