@@ -4,8 +4,8 @@ cannot leave rows that name it."""
 
 from __future__ import annotations
 
-import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -70,26 +70,29 @@ def test_deleting_a_project_deletes_its_versions_and_events(db, new_project):
     assert project_rows(db, kept) == (3, 3)
 
 
+def wait_until_blocked(database_url: str, statement: str, future: Future) -> None:
+    """Wait until a backend running `statement` waits on a lock; `future` must not be done."""
+    with psycopg.connect(database_url) as watcher:
+        wait_for(lambda: watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE %s", (statement + "%",)).fetchone()[0] == 1,
+            message=f"{statement} to wait on a lock")
+    assert not future.done()
+
+
 def test_deleting_a_project_waits_for_a_write_in_flight(db, database_url, new_project):
     project, owner = new_project()
-    deleted = threading.Event()
 
     def delete() -> None:
         with db.transaction() as conn:
             conn.execute("DELETE FROM projects WHERE id = %s", (project,))
-        deleted.set()
 
-    with db.transaction(Actor.user(owner)) as writer:
-        writer.execute("SELECT upsert_project_file(%s, 'src/late.ts', 'x')", (project,))
-        deleter = threading.Thread(target=delete)
-        deleter.start()
-        with psycopg.connect(database_url) as watcher:
-            wait_for(lambda: watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'DELETE FROM projects%%'").fetchone()[0] == 1)
-        assert not deleted.is_set()
-    deleter.join(timeout=30)
-    assert deleted.is_set()
+    with ThreadPoolExecutor(1) as pool:
+        with db.transaction(Actor.user(owner)) as writer:
+            writer.execute("SELECT upsert_project_file(%s, 'src/late.ts', 'x')", (project,))
+            deleted = pool.submit(delete)
+            wait_until_blocked(database_url, "DELETE FROM projects", deleted)
+        deleted.result(timeout=30)
     assert project_rows(db, project) == (0, 0)
 
 
@@ -121,26 +124,13 @@ def test_deleting_a_user_waits_for_their_write_in_flight(db, database_url, new_p
                                                           new_user):
     editor = new_user("editor")
     project, _ = new_project(members=[(editor, "editor")])
-    outcome: list[BaseException | None] = []
-    with db.transaction(Actor.user(editor)) as writer:
-        writer.execute("SELECT upsert_project_file(%s, 'src/late.ts', 'x')", (project,))
-
-        def delete() -> None:
-            try:
-                delete_user(db, editor)
-                outcome.append(None)
-            except BaseException as error:  # noqa: BLE001 - handed to the test's thread
-                outcome.append(error)
-
-        deleter = threading.Thread(target=delete)
-        deleter.start()
-        with psycopg.connect(database_url) as watcher:
-            wait_for(lambda: watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'DELETE FROM auth.users%%'").fetchone()[0] == 1)
-        assert outcome == []
-    deleter.join(timeout=30)
-    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.ForeignKeyViolation)
+    with ThreadPoolExecutor(1) as pool:
+        with db.transaction(Actor.user(editor)) as writer:
+            writer.execute("SELECT upsert_project_file(%s, 'src/late.ts', 'x')", (project,))
+            deleted = pool.submit(delete_user, db, editor)
+            wait_until_blocked(database_url, "DELETE FROM auth.users", deleted)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            deleted.result(timeout=30)
     assert profile_exists(db, editor)
 
 

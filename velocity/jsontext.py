@@ -29,25 +29,21 @@ class MalformedJson(ValueError):
 
 def loads_strict(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """The JSON value of `text`, or MalformedJson saying what is wrong with it."""
-    _refuse_deep(text, max_depth)
     try:
+        if isinstance(text, bytes):  # as json.loads decodes bytes
+            text = text.decode(json.detect_encoding(text), "surrogatepass")
+        _refuse_deep(text, max_depth)
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise MalformedJson(f"nested deeper than {max_depth} levels") from None
     except MalformedJson:
         raise
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise MalformedJson(f"malformed JSON: {error}") from None
-    _check(value, max_depth)
+    _check_strings(value)
     return value
 
 
-def _refuse_deep(text: str | bytes, max_depth: int) -> None:
+def _refuse_deep(text: str, max_depth: int) -> None:
     """MalformedJson if brackets outside strings nest deeper than `max_depth`."""
-    if isinstance(text, bytes):
-        if b"\x00" in text[:4]:
-            return  # UTF-16 or UTF-32: left to the parser (whose RecursionError is caught)
-        text = text.decode("latin-1")  # 1:1 on bytes; UTF-8's brackets and quotes are ASCII
     if text.count("[") + text.count("{") <= max_depth:
         return
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
@@ -66,22 +62,19 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _check(value: Any, max_depth: int) -> None:
-    """Refuse nesting deeper than `max_depth` and strings that are not valid Unicode."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
+def _check_strings(value: Any) -> None:
+    """Refuse strings, keys included, that are not valid Unicode."""
+    pending = [value]
     while pending:
-        item, depth = pending.pop()
+        item = pending.pop()
         if isinstance(item, str):
             _check_text(item)
-        elif isinstance(item, dict | list):
-            if depth > max_depth:
-                raise MalformedJson(f"nested deeper than {max_depth} levels")
-            if isinstance(item, dict):
-                for key, member in item.items():
-                    _check_text(key)
-                    pending.append((member, depth + 1))
-            else:
-                pending.extend((member, depth + 1) for member in item)
+        elif isinstance(item, dict):
+            for key, member in item.items():
+                _check_text(key)
+                pending.append(member)
+        elif isinstance(item, list):
+            pending.extend(item)
 
 
 def _check_text(text: str) -> None:
