@@ -26,7 +26,7 @@ bench: $(STAMP)  ## the benchmarks, printing JSON figures
 
 lint: $(STAMP)
 	$(BIN)/ruff check velocity tasks flows orchestrator agent deployments tests bench
-	$(BIN)/mypy velocity tasks flows agent
+	$(BIN)/mypy velocity tasks flows orchestrator agent deployments bench
 
 clean:
 	rm -rf $(VENV) .velocity

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from velocity.cluster import LocalCluster
 from velocity.db import SQL_DIR, Database, migrate
@@ -50,9 +50,7 @@ def scratch_database(server_url: str | None = None, migrations: Path = SQL_DIR,
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(server_url)
-    params["dbname"] = name
-    url = make_conninfo(**params)
+    url = make_conninfo(server_url, dbname=name)
     migrate(url, migrations)
     yield url
     with psycopg.connect(server_url, autocommit=True) as conn:

@@ -86,7 +86,7 @@ class Phase:
         self.stack = stack
         db = stack["db"]
         self.files = FileClient(db, Actor.service())
-        self.previews = []
+        self.previews: list[Any] = []
         try:
             self._start_all(db, sessions, files)
         except BaseException:

@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--database-url", help="a PostgreSQL server URL (CREATEDB needed)")
     args = parser.parse_args()
 
+    from pydantic import SecretStr
+
     from velocity import accounts
     from velocity.db import Actor, Database
     from velocity.files import FileClient
@@ -122,7 +124,7 @@ def main() -> None:
     secret = uuid.uuid4().hex
     with scratch_database(args.database_url) as url, Database(url, max_size=4) as db:
         home = Path(tempfile.mkdtemp(prefix="velocity-bench-gw-"))
-        settings = Settings(home=home, database_url=url, jwt_secret=secret)
+        settings = Settings(home=home, database_url=url, jwt_secret=SecretStr(secret))
         projects = []
         for n in range(args.projects):
             owner = accounts.create_user(db, f"gw{n}-{uuid.uuid4().hex[:6]}@example.test")

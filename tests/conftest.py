@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from velocity import accounts
 from velocity.cluster import LocalCluster
@@ -20,9 +20,7 @@ from velocity.db import Database, migrate
 
 
 def with_database(url: str, name: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = name
-    return make_conninfo(**params)
+    return make_conninfo(url, dbname=name)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from velocity.db import Database
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.01,
+def wait_for(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01,
              message: str = "condition") -> T:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -39,7 +39,7 @@ def file_state(db: Database, project_id) -> tuple:
             "SELECT seq, type FROM file_events WHERE project_id = %s ORDER BY seq",
             (project_id,)).fetchall()
         (last_seq,) = conn.execute(
-            "SELECT last_event_seq FROM projects WHERE id = %s", (project_id,)).fetchone()
+            "SELECT last_event_seq FROM projects WHERE id = %s", (project_id,)).fetchone()  # type: ignore[misc]
     return tuple(files), tuple(events), last_seq
 
 

@@ -111,7 +111,7 @@ def wait_until_in_sync(db: Database, preview: Preview, timeout: float = 20) -> N
 def head_seq(db: Database, project_id: UUID) -> int:
     with db.transaction() as conn:
         (head,) = conn.execute("SELECT last_event_seq FROM projects WHERE id = %s",
-                               (project_id,)).fetchone()
+                               (project_id,)).fetchone()  # type: ignore[misc]
     return int(head)
 
 

@@ -7,14 +7,14 @@ import shutil
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Playwright
+    from playwright.sync_api import Browser, Playwright, ViewportSize
 
 # As root Chromium needs --no-sandbox. On a closed network the background services' connections
 # are refused, so they are switched off rather than left to retry.
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage")
-VIEWPORT = {"width": 1400, "height": 820}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 820}
 
 
 def system_chromium() -> str | None:
