@@ -90,6 +90,20 @@ def _busy_ticks() -> int:
     return user + nice + system + irq + softirq
 
 
+def host_yardstick_ms(repeats: int = 5) -> float:
+    """Milliseconds a fixed pure-Python loop takes (median of `repeats`): how quick the shared
+    host is right now. Printed beside figures that move with the host, it tells a slow hour
+    from a slow change; on the 2-core machine here it ranges from about 140 to 250 ms."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for number in range(3_000_000):
+            total += number
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 1)
+
+
 def percentiles(samples: Sequence[float], cuts: Sequence[int] = (50, 95, 99)) -> dict[str, float]:
     if len(samples) < 2:
         value = samples[0] if samples else 0.0

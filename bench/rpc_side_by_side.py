@@ -5,7 +5,8 @@ bench.rpc_throughput taken apart compare the host as much as the code. This migr
 databases on one private cluster, one from `sql/` as committed at --base and one from the
 working tree, gives each the same pgbench clients (users editing their own projects, as
 bench.rpc_throughput's), and alternates short pgbench runs between them. Each pair ran
-seconds apart, so its ratio is the figure; the medians are reported beside it.
+seconds apart, so its ratio is the figure; the medians are reported beside it, and
+`host_yardstick_ms` (a fixed Python loop, before and after) says how quick the host was.
 
     python -m bench.rpc_side_by_side --base REV --json [--clients 4] [--pairs 6] [--seconds 5]
 """
@@ -18,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import emit, private_server, scratch_database, settle
+from bench.common import emit, host_yardstick_ms, private_server, scratch_database, settle
 from bench.rpc_throughput import pgbench_path, prepare_pgbench_clients, run_pgbench
 from velocity.db import SQL_DIR, Database
 
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             base = export_migrations(args.base, Path(temp))
         except ValueError as error:
             parser.error(str(error))
-        figures = {"base": args.base, **measure(base, args.clients, args.pairs, args.seconds)}
+        before = host_yardstick_ms()
+        figures = {"base": args.base, **measure(base, args.clients, args.pairs, args.seconds),
+                   "host_yardstick_ms": {"before": before, "after": host_yardstick_ms()}}
     emit(figures, args.json)
     return 0
 

@@ -8,7 +8,8 @@ the pool cost show there). The rate limit is raised for the run: it would otherw
 user at 20 writes/s, which is its point and not what this measures. A 16-clients-on-one-
 project figure shows the cost of the per-project write lock. Each figure starts from the
 same state: the previous one's dirty pages written out by a checkpoint (else the checkpointer
-writes them during the next) and the machine quiet.
+writes them during the next) and the machine quiet. `host_yardstick_ms` (a fixed Python loop,
+before and after) says how quick the shared host was: figures move with it.
 
     python -m bench.rpc_throughput --json [--seconds 5] [--runs 3] [--database-url URL]
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.common import emit, percentiles, scratch_database, settle
+from bench.common import emit, host_yardstick_ms, percentiles, scratch_database, settle
 from velocity import accounts
 from velocity.cluster import find_bin_dir
 from velocity.db import Actor, Database
@@ -167,6 +168,7 @@ def main() -> None:
                         "default: a private durable cluster")
     args = parser.parse_args()
 
+    yardstick_before = host_yardstick_ms()
     with scratch_database(args.database_url) as url, Database(url, max_size=20) as db:
         with db.transaction() as conn:
             conn.execute("UPDATE internal.config SET rate_limit_burst = 1000000,"
@@ -198,6 +200,7 @@ def main() -> None:
         bulk = [measure_bulk(db, 1000) for _ in range(args.runs)]
         figures["bulk_1000_files_seconds"] = {"median": round(statistics.median(bulk), 4),
                                               "runs": [round(value, 4) for value in bulk]}
+    figures["host_yardstick_ms"] = {"before": yardstick_before, "after": host_yardstick_ms()}
     emit(figures, args.json)
 
 

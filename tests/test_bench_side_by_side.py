@@ -37,6 +37,8 @@ def test_a_run_alternates_the_two_databases(capsys):
     for pair in figures["pairs"]:
         assert pair["base"] > 0 and pair["head"] > 0
         assert pair["ratio"] == pytest.approx(pair["head"] / pair["base"], abs=0.001)
+    assert set(figures["host_yardstick_ms"]) == {"before", "after"}
+    assert all(ms > 0 for ms in figures["host_yardstick_ms"].values())
 
 
 @pytest.mark.parametrize(("argv", "named"), [
