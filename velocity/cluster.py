@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 DATABASE_NAME = "velocity"
 SUPERUSER = "postgres"
+DEBIAN_BIN_DIRS = "/usr/lib/postgresql/*/bin"  # where Debian's packages put each version
 
 # Settings for a throwaway cluster: no durability, more speed. Never used for `velocity db`.
 EPHEMERAL_SERVER_OPTIONS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
@@ -70,7 +71,7 @@ def find_bin_dir() -> Path:
 
 
 def _debian_bin_dirs() -> list[Path]:
-    found = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin") if Path(p, "initdb").exists()]
+    found = [Path(p) for p in glob.glob(DEBIAN_BIN_DIRS) if Path(p, "initdb").exists()]
     return sorted(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
 
 
