@@ -19,8 +19,10 @@ def create_user(db: Database, email: str, display_name: str | None = None) -> UU
     with db.transaction() as conn:
         if conn.execute("SELECT 1 FROM auth.users WHERE email = %s", (email,)).fetchone():
             raise InvalidInput(f"a user with email {email!r} already exists", field="email")
+        # The id is given: Supabase's auth.users (GoTrue's) has no default for it.
         (user_id,) = conn.execute(
-            "INSERT INTO auth.users (email) VALUES (%s) RETURNING id", (email,)
+            "INSERT INTO auth.users (id, email) VALUES (gen_random_uuid(), %s) RETURNING id",
+            (email,),
         ).fetchone()  # type: ignore[misc]
         conn.execute(
             "INSERT INTO public.user_profiles (id, email, display_name) VALUES (%s, %s, %s)",
