@@ -45,6 +45,49 @@ def test_non_members_see_nothing_in_any_table(db, setup, table):
     assert visible_rows(db, setup["viewer"], table, setup["project"]) >= 1
 
 
+def test_profiles_are_seen_by_their_user_and_co_members_only(db, setup):
+    def sees_owner(user) -> bool:
+        with db.transaction(Actor.user(user)) as conn:
+            return conn.execute("SELECT 1 FROM user_profiles WHERE id = %s",
+                                (setup["owner"],)).fetchone() is not None
+    assert sees_owner(setup["owner"]) and sees_owner(setup["editor"])
+    assert not sees_owner(setup["stranger"])
+
+
+@pytest.mark.parametrize("table", ["feature_flag_rollouts", "schema_migrations",
+                                   "internal.config", "internal.rate_limit_buckets"])
+def test_tables_users_have_no_business_reading_are_closed(db, setup, table):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with db.transaction(Actor.user(setup["owner"])) as conn:
+            conn.execute(f"SELECT count(*) FROM {table}")
+
+
+def test_row_level_security_is_on_for_every_table(db):
+    with db.transaction() as conn:
+        tables = conn.execute(
+            "SELECT c.relnamespace::regnamespace || '.' || c.relname, c.relrowsecurity"
+            " FROM pg_class c"
+            " WHERE c.relnamespace IN ('public'::regnamespace, 'internal'::regnamespace)"
+            " AND c.relkind IN ('r', 'p')").fetchall()
+    assert {"public.project_files", "internal.config"} <= {name for name, _ in tables}
+    assert [name for name, on in tables if not on] == []
+
+
+def test_every_function_users_may_call_runs_as_its_definer_on_a_pinned_path(db):
+    with db.transaction() as conn:
+        callable_by_users = conn.execute(
+            "SELECT p.proname, p.prosecdef, p.proconfig FROM pg_proc p"
+            " WHERE p.pronamespace = 'public'::regnamespace"
+            " AND has_function_privilege('authenticated', p.oid, 'EXECUTE')").fetchall()
+    assert {name for name, _, _ in callable_by_users} >= {
+        "upsert_project_file", "upsert_project_binary_file", "delete_project_file",
+        "list_current_files", "bulk_upsert_project_files", "bulk_delete_project_files",
+        "file_history", "restore_file_version", "events_since", "is_feature_enabled"}
+    for name, security_definer, settings in callable_by_users:
+        assert security_definer, name
+        assert settings == ["search_path=pg_catalog, public"], name
+
+
 def test_non_members_are_denied_every_rpc(db, setup):
     project_id = setup["project"]
     stranger = FileClient(db, Actor.user(setup["stranger"]))
@@ -74,6 +117,7 @@ def test_viewers_read_but_cannot_write(db, setup):
     for call in [lambda: viewer.upsert(project_id, "x.txt", "x"),
                  lambda: viewer.delete(project_id, "index.html"),
                  lambda: viewer.bulk_upsert(project_id, [{"file_path": "y", "content": "y"}]),
+                 lambda: viewer.bulk_delete(project_id, ["index.html"]),
                  lambda: viewer.restore(project_id, "index.html", 1)]:
         with pytest.raises(PermissionDenied, match="viewers cannot change"):
             call()

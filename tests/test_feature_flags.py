@@ -33,7 +33,12 @@ def enabled_users(db, key: str) -> set[uuid.UUID]:
     return {row[0] for row in rows}
 
 
-def test_the_seeds_flags_exist_disabled(flags):
+def test_the_seeds_flags_exist_disabled(db, flags):
+    with db.transaction() as conn:
+        seeded = conn.execute(
+            "SELECT flag_key, is_enabled, rollout_percentage FROM feature_flags"
+            " WHERE flag_key = ANY (%s) ORDER BY flag_key", (SEEDED,)).fetchall()
+    assert seeded == [(key, False, 0) for key in sorted(SEEDED)]
     for key in SEEDED:
         assert flags.is_feature_enabled(key, USERS[0]) is False
     assert flags.is_feature_enabled("NO_SUCH_FLAG", USERS[0]) is False

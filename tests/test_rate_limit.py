@@ -35,9 +35,15 @@ def test_the_limit_trips_and_recovers(db, new_project, new_user, tight_limit):
     assert "retry after" in str(limited.value)
     assert file_state(db, project_id) == before
 
-    # Another project of the same user, and the service, are not throttled by this bucket.
+    # Another project of the same user, another user of the same project, and the service
+    # are not throttled by this bucket.
     other_project, _ = new_project(owner=owner)
     files.upsert(other_project, "b.txt", "fine")
+    editor = new_user("editor")
+    with db.transaction() as conn:
+        conn.execute("INSERT INTO project_members (project_id, user_id, role)"
+                     " VALUES (%s, %s, 'editor')", (project_id, editor))
+    FileClient(db, Actor.user(editor)).upsert(project_id, "editor.txt", "fine")
     FileClient(db, Actor.service()).upsert(project_id, "service.txt", "fine")
 
     started = time.monotonic()
