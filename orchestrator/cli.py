@@ -35,7 +35,8 @@ image_app = typer.Typer(help="The agent image of the docker runtime, built local
                         no_args_is_help=True)
 app.add_typer(image_app, name="image")
 
-err = Console(stderr=True)
+# soft_wrap: an error stays one line however long its paths or URLs, as scripts grep it.
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DatabaseUrlOption = Annotated[

@@ -16,9 +16,13 @@ import pytest
 VELOCITY = [sys.executable, "-m", "orchestrator"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with this environment, except a VELOCITY_DATABASE_URL that `env` does not give."""
+    inherited = {name: value for name, value in os.environ.items()
+                 if name != "VELOCITY_DATABASE_URL"}
     return subprocess.run([*VELOCITY, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**inherited, **(env or {})}, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,6 @@ def home():
     directory = Path(tempfile.mkdtemp(prefix="velocity-cli-"))
     os.chmod(directory, 0o755)
     env = {"VELOCITY_HOME": str(directory)}
-    env.pop("VELOCITY_DATABASE_URL", None)
     yield env
     run("db", "stop", env=env)
     shutil.rmtree(directory, ignore_errors=True)
@@ -41,6 +44,7 @@ def test_db_lifecycle_and_migrate(home):
     assert run("db", "url", env=home).stdout.strip() == url
     status = json.loads(run("db", "status", "--json", env=home).stdout)
     assert status["running"] is True
+    assert (Path(home["VELOCITY_HOME"]) / "pg" / "data" / "PG_VERSION").is_file()
     first = run("migrate", env=home)
     assert first.returncode == 0 and "0001_supabase_compat.sql" in first.stdout
     assert "up to date" in run("migrate", env=home).stdout
@@ -49,6 +53,30 @@ def test_db_lifecycle_and_migrate(home):
     assert run("db", "stop", env=home).returncode == 0
     assert run("db", "status", env=home).returncode == 1
     assert run("db", "start", env=home).stdout.strip().startswith("postgresql://")
+
+
+def test_the_cluster_lives_under_dot_velocity_by_default(tmp_path):
+    result = run("db", "url", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"no cluster in {tmp_path / '.velocity' / 'pg'}" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, however long the path
+
+
+def test_velocity_database_url_overrides_the_embedded_cluster(database_url, tmp_path):
+    env = {"VELOCITY_DATABASE_URL": database_url, "VELOCITY_HOME": str(tmp_path / "home")}
+    assert run("db", "url", env=env).stdout.strip() == database_url
+    migrated = run("migrate", env=env)
+    assert migrated.returncode == 0 and "up to date" in migrated.stdout
+    created = run("admin", "create-user", "env@example.test", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    user_id = json.loads(created.stdout)["user_id"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT email FROM auth.users WHERE id = %s",
+                            (user_id,)).fetchone() == ("env@example.test",)
+    assert not (tmp_path / "home" / "pg").exists()
+    # --database-url wins over the variable.
+    unreachable = {**env, "VELOCITY_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    assert run("migrate", "--database-url", database_url, env=unreachable).returncode == 0
 
 
 def test_admin_commands_print_ids(database_url):
