@@ -105,18 +105,25 @@ def test_tombstones_vanish_and_recreation_continues_the_versions(db, project, ow
     tombstone = owner_files.delete(project_id, "gone.txt", expected_version=1)
     assert tombstone.is_deleted and tombstone.version == 2 and tombstone.content is None
     assert "gone.txt" not in [f.file_path for f in owner_files.list_current(project_id)]
-    with db.transaction() as conn:
-        in_view = conn.execute("SELECT count(*) FROM project_files_current WHERE project_id = %s"
-                               " AND file_path = 'gone.txt'", (project_id,)).fetchone()
-    assert in_view == (0,)
+    assert in_view(db, project_id, "gone.txt") == []
 
+    before = file_state(db, project_id)
     again = owner_files.delete(project_id, "gone.txt")
     assert again.id == tombstone.id  # deleting a deleted path is a safe no-op
+    assert file_state(db, project_id) == before  # no version, no event
 
     back = owner_files.upsert(project_id, "gone.txt", "back", expected_version=2)
     assert back.version == 3 and not back.is_deleted
     current = {f.file_path: f.content for f in owner_files.list_current(project_id)}
     assert current["gone.txt"] == "back"
+    assert in_view(db, project_id, "gone.txt") == [(3, "back")]
+
+
+def in_view(db, project_id, path: str) -> list[tuple]:
+    with db.transaction() as conn:
+        return conn.execute("SELECT version, content FROM project_files_current"
+                            " WHERE project_id = %s AND file_path = %s",
+                            (project_id, path)).fetchall()
 
 
 def test_deleting_a_path_that_never_existed_is_not_found(db, project, owner_files):
