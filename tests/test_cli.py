@@ -18,9 +18,10 @@ VELOCITY = [sys.executable, "-m", "orchestrator"]
 
 def run(*args: str, env: dict[str, str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI with this environment, except a VELOCITY_DATABASE_URL that `env` does not give."""
+    """The CLI with this environment minus its VELOCITY_ settings: only `env` gives those, so a
+    shell's or another test's settings cannot steer the run."""
     inherited = {name: value for name, value in os.environ.items()
-                 if name != "VELOCITY_DATABASE_URL"}
+                 if not name.startswith("VELOCITY_")}
     return subprocess.run([*VELOCITY, *args], capture_output=True, text=True, timeout=120,
                           env={**inherited, **(env or {})}, cwd=cwd)
 
